@@ -1,0 +1,5 @@
+"""``python -m daemon`` is ``retrain``."""
+
+from daemon.cli import main
+
+main()

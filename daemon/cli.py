@@ -1,0 +1,170 @@
+"""The ``retrain`` command line: the top layer, where settings are built and logging is configured.
+
+Commands that this version does not implement yet say so and exit with status 3 (:data:`EXIT_NOT_AVAILABLE`);
+they never pretend to work. Configuration errors exit with status 2 and list every problem found.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+import yaml
+
+from daemon import __version__, errors, logs, settings
+
+#: Exit status of a command that is part of the product but not available in this version.
+EXIT_NOT_AVAILABLE = 3
+#: Exit status when the settings are invalid.
+EXIT_CONFIG = 2
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _settings(ctx: click.Context) -> settings.Settings:
+    """The settings built once by the group callback."""
+    value = ctx.find_object(settings.Settings)
+    assert value is not None, "the retrain group callback builds the settings first"
+    return value
+
+
+def _not_available(command: str, arrives_with: str) -> NoReturn:
+    click.echo(
+        f"retrain {command}: not available yet in retrain-daemon {__version__} "
+        f"(it arrives with {arrives_with}). Nothing was done.",
+        err=True,
+    )
+    sys.exit(EXIT_NOT_AVAILABLE)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, "--version", "-V", prog_name="retrain", package_name="retrain-daemon")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML settings file (default: $RETRAIN_CONFIG, else the embedded defaults).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override one setting by its dotted name, e.g. --set kfp.launcher=kfp. Repeatable.",
+)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Lowest level written."
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "console"]),
+    help="Log line format (auto: by terminal).",
+)
+@click.pass_context
+def main(
+    ctx: click.Context,
+    config_file: Path | None,
+    overrides: tuple[str, ...],
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Event-driven retraining daemon for object detectors.
+
+    Watches MinIO buckets and dataset folders, applies the rules in rules/*.yaml, launches Kubeflow
+    Pipelines runs that validate, tune, train and evaluate YOLO models, and promotes a new MLflow model
+    version to 'champion' only when it beats the current one.
+    """
+    flags = list(overrides)
+    if log_level:
+        flags.append(f"logging.level={log_level}")
+    if log_format:
+        flags.append(f"logging.format={log_format}")
+    try:
+        built = settings.load(config_file=config_file, environ=os.environ, overrides=flags)
+    except errors.ConfigErrors as exc:
+        for error in exc.errors:
+            click.echo(f"retrain: invalid settings: {error.render()}", err=True)
+        sys.exit(EXIT_CONFIG)
+    logs.configure(built.logging)
+    ctx.obj = built
+
+
+@main.command()
+def up() -> None:
+    """Run the daemon: sources, rule engine, launcher, run watcher and HTTP endpoints."""
+    _not_available("up", "the daemon loop")
+
+
+@main.group()
+def rules() -> None:
+    """Validate and inspect rule files."""
+
+
+@rules.command("check")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+def rules_check(paths: tuple[Path, ...]) -> None:
+    """Validate rule files (default: the rules folder). Exit 0 when all are valid, 1 otherwise."""
+    _not_available("rules check", "the rule engine")
+
+
+@main.command()
+@click.argument("rule")
+def explain(rule: str) -> None:
+    """Explain what RULE sees now, why it would or would not fire, and its recent decisions."""
+    _not_available("explain", "the rule engine")
+
+
+@main.command()
+def status() -> None:
+    """Show rules with pending data, active runs, recent decisions and the champion of each model."""
+    _not_available("status", "the daemon loop")
+
+
+@main.command()
+@click.argument("rule")
+@click.option("--reason", default="manual trigger", show_default=True, help="Why, recorded in the journal.")
+def trigger(rule: str, reason: str) -> None:
+    """Launch RULE now, through the same path (and the same dedupe) as an automatic trigger."""
+    _not_available("trigger", "the daemon loop")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--to", "to_version", help="Model version to make champion (default: the previous champion).")
+def rollback(model: str, to_version: str | None) -> None:
+    """Move MODEL's 'champion' alias back, recording who and why."""
+    _not_available("rollback", "the daemon loop")
+
+
+@main.group()
+def pipeline() -> None:
+    """Work with the training pipeline."""
+
+
+@pipeline.command("compile")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="IR YAML file."
+)
+def pipeline_compile(output: Path) -> None:
+    """Compile the training pipeline to KFP IR YAML, ready to upload in the KFP UI."""
+    _not_available("pipeline compile", "the training pipelines")
+
+
+@main.group()
+def config() -> None:
+    """Inspect the effective settings."""
+
+
+@config.command("show")
+@click.pass_context
+def config_show(ctx: click.Context) -> None:
+    """Print the effective settings as YAML (secrets appear as **********)."""
+    click.echo(yaml.safe_dump(settings.describe(_settings(ctx)), sort_keys=False), nl=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

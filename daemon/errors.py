@@ -1,0 +1,110 @@
+"""The one error hierarchy of the daemon.
+
+Adapters translate library errors into these types with ``raise ... from exc``; nothing above an adapter
+catches a kfp, mlflow or minio exception. Loops tell the two families apart:
+
+- :class:`TemporaryError`: retrying later may succeed (a service is down, a timeout, a 503). Loops back off
+  and retry, and say when.
+- :class:`PermanentError`: retrying the same thing fails the same way (a broken rule file, a malformed
+  event, a corrupt image). Loops record the failure, report it clearly, and move on.
+
+Messages say what happened, the likely cause and what happens next. Remote error bodies are truncated
+with :func:`truncate` before they reach a message, and no message ever carries a secret.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: Remote error bodies longer than this are cut before they reach a log line or an exception message.
+MAX_REMOTE_BODY_CHARS = 256
+
+
+def truncate(text: str, limit: int = MAX_REMOTE_BODY_CHARS) -> str:
+    """Cut ``text`` to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit} more characters]"
+
+
+class RetrainError(Exception):
+    """Base of every error the daemon raises on purpose."""
+
+
+class TemporaryError(RetrainError):
+    """A failure that may go away by itself: retry with backoff."""
+
+
+class PermanentError(RetrainError):
+    """A failure that will repeat until someone changes the input or the configuration."""
+
+
+class ServiceUnavailable(TemporaryError):
+    """A service the daemon depends on (S3, MLflow, KFP) cannot be reached or answered 5xx.
+
+    Args:
+        service: the service's name as users know it, e.g. ``"MLflow"``.
+        endpoint: where the daemon tried to reach it (never with credentials in it).
+        detail: what went wrong, already truncated.
+        retry_in_s: when the caller will try again, if it will.
+    """
+
+    def __init__(self, *, service: str, endpoint: str, detail: str, retry_in_s: float | None = None) -> None:
+        self.service = service
+        self.endpoint = endpoint
+        self.detail = truncate(detail)
+        self.retry_in_s = retry_in_s
+        then = f"; will retry in {retry_in_s:g} s" if retry_in_s is not None else ""
+        super().__init__(f"{service} at {endpoint} is unavailable: {self.detail}{then}")
+
+
+class InvalidInput(PermanentError):
+    """Input from outside (an event, a label file, an image) that cannot be accepted as it is."""
+
+
+class ConfigError(PermanentError):
+    """A configuration or rule file that is wrong, naming the file, line, rule and field.
+
+    ``str(error)`` reads ``file:line: rule 'x': field 'y': message``, leaving out the parts that are
+    unknown, so an editor or CI log can jump straight to the spot.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path | None = None,
+        line: int | None = None,
+        rule: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.message = message
+        self.file = str(file) if file is not None else None
+        self.line = line
+        self.rule = rule
+        self.field = field
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        """The error as one line: ``file:line: rule 'x': field 'y': message``."""
+        parts: list[str] = []
+        if self.file is not None:
+            parts.append(f"{self.file}:{self.line}" if self.line is not None else self.file)
+        if self.rule is not None:
+            parts.append(f"rule {self.rule!r}")
+        if self.field is not None:
+            parts.append(f"field {self.field!r}")
+        parts.append(self.message)
+        return ": ".join(parts)
+
+
+class ConfigErrors(PermanentError):
+    """Several :class:`ConfigError` found in one pass: users see all of them at once, not one per run."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(e.render() for e in self.errors))
+
+
+class NotAvailableYet(PermanentError):
+    """A command or capability the product will have, but this version does not implement yet."""

@@ -1,0 +1,105 @@
+"""Logging: structlog, configured once by the CLI.
+
+JSON lines when the output is not a terminal (a pod), readable console output when it is (a laptop).
+Context that belongs to a unit of work (``rule``, ``run_key``, ``event_id``) is bound with
+:func:`bound` and appears on every line logged inside it. Libraries that log through the standard
+``logging`` module (kfp, mlflow, urllib3) come out through the same renderer.
+
+Event names are stable snake_case (``rule_file_rejected``), data goes in fields. Values under keys that
+look like credentials are replaced before rendering, as a last line of defence: secrets should never be
+passed to a logger in the first place.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+import structlog
+
+from daemon import settings as settings_mod
+
+_SECRET_KEY = re.compile(r"(token|secret|password|passwd|access_key|authorization|credential)", re.I)
+_MASK = "**********"
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: mask the value of any field whose name looks like a credential."""
+    for key in list(event_dict):
+        if _SECRET_KEY.search(key) and event_dict[key] is not None:
+            event_dict[key] = _MASK
+    return event_dict
+
+
+def _wants_json(config: settings_mod.LoggingSettings, stream: TextIO) -> bool:
+    if config.format == "auto":
+        isatty = getattr(stream, "isatty", None)
+        return not (callable(isatty) and isatty())
+    return config.format == "json"
+
+
+def configure(config: settings_mod.LoggingSettings, *, stream: TextIO | None = None) -> None:
+    """Configure structlog and the standard library's logging for this process.
+
+    Called once by the CLI before anything logs. Calling it again replaces the configuration (tests do).
+
+    Args:
+        config: level and format.
+        stream: where lines go; standard error by default, so that commands' own output on standard
+            output stays clean for pipes.
+    """
+    out = stream if stream is not None else sys.stderr
+    level = _LEVELS[config.level]
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
+    renderer: structlog.typing.Processor
+    if _wants_json(config, out):
+        shared += [structlog.processors.dict_tracebacks]
+        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+
+    # Libraries log through the standard library: send them through the same renderer, quieter by one step
+    # so that kfp's and mlflow's chatter does not drown the daemon's own lines.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(level, logging.WARNING))
+
+
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    """The logger of a module: ``log = logs.get_logger(__name__)``."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger().bind(logger=name)
+    return logger
+
+
+@contextmanager
+def bound(**context: Any) -> Iterator[None]:
+    """Bind ``rule``, ``run_key``, ``event_id`` (or any field) to every line logged inside the block."""
+    with structlog.contextvars.bound_contextvars(**context):
+        yield

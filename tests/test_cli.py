@@ -1,0 +1,86 @@
+"""The installed `retrain` command: version, help, honest stubs, settings errors, secrets hidden."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import daemon
+
+RETRAIN = shutil.which("retrain") or str(Path(sys.executable).with_name("retrain"))
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
+    base.update(env or {})
+    return subprocess.run([RETRAIN, *args], capture_output=True, text=True, env=base, timeout=60, check=False)
+
+
+def test_version_comes_from_the_installed_package() -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"retrain, version {daemon.__version__}"
+
+
+def test_help_lists_every_command_of_the_product() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    commands = result.stdout.split("Commands:")[1]
+    for name in ("up", "rules", "explain", "status", "trigger", "rollback", "pipeline"):
+        assert f"\n  {name} " in commands
+    assert "check" in run("rules", "--help").stdout
+    assert "compile" in run("pipeline", "--help").stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("up",),
+        ("rules", "check"),
+        ("explain", "pets"),
+        ("status",),
+        ("trigger", "pets"),
+        ("rollback", "pets-detector"),
+        ("pipeline", "compile", "-o", "x.yaml"),
+    ],
+)
+def test_commands_not_built_yet_say_so_and_fail(args: tuple[str, ...], tmp_path: Path) -> None:
+    result = subprocess.run(
+        [RETRAIN, *args], capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path
+    )
+    assert result.returncode == 3
+    assert "not available yet" in result.stderr
+    assert "Nothing was done" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_show_hides_secrets() -> None:
+    result = run("config", "show", env={"RETRAIN_KFP__TOKEN": "tok-abcdef-123456"})
+    assert result.returncode == 0
+    assert "tok-abcdef-123456" not in result.stdout + result.stderr
+    assert "token: '**********'" in result.stdout
+
+
+def test_invalid_settings_exit_2_with_every_error(tmp_path: Path) -> None:
+    config = tmp_path / "retrain.yaml"
+    config.write_text("http:\n  prot: 1\n")
+    result = run("--config", str(config), "--set", "kfp.launcher=cloud", "config", "show")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert (
+        f"retrain: invalid settings: {config}:2: field 'http.prot': unknown setting; did you mean 'port'?"
+        in lines
+    )
+    assert any("field 'kfp.launcher'" in line and "--set kfp.launcher" in line for line in lines)
+
+
+def test_python_dash_m_daemon_is_retrain() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon", "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.stdout.strip() == f"retrain, version {daemon.__version__}"
