@@ -20,11 +20,15 @@ $(STAMP): pyproject.toml
 run: install
 	@echo "== retrain-daemon: what works in this version =="
 	@$(BIN)/retrain --version
-	@echo "== Effective settings (embedded laptop defaults; secrets would show as **********) =="
+	@echo; echo "== 1. Validate the rule files in rules/ (retrain rules check) =="
+	@$(BIN)/retrain rules check
+	@echo; echo "== 2. What the 'pets' rule sees and would decide now (retrain explain pets) =="
+	@$(BIN)/retrain explain pets
+	@echo; echo "== 3. Effective settings: embedded laptop defaults, secrets shown as ********** =="
 	@$(BIN)/retrain config show
-	@echo "== Not built yet: the daemon loop. 'retrain up' says so and exits 3: =="
+	@echo; echo "== Not built yet: the event sources and the daemon loop. 'retrain up' says so: =="
 	@$(BIN)/retrain up || true
-	@echo "== See README.md for what each command will do. =="
+	@echo; echo "== README.md says what each command does and what comes next. =="
 
 lint: install
 	$(BIN)/ruff check .

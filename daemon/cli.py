@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn
 
 import click
 import yaml
 
-from daemon import __version__, errors, logs, settings
+from daemon import __version__, errors, explaining, logs, settings
+from daemon.journal import base, sqlite
+from daemon.rules import loading
 
 #: Exit status of a command that is part of the product but not available in this version.
 EXIT_NOT_AVAILABLE = 3
 #: Exit status when the settings are invalid.
 EXIT_CONFIG = 2
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _settings(ctx: click.Context) -> settings.Settings:
@@ -56,9 +56,7 @@ def _not_available(command: str, arrives_with: str) -> NoReturn:
     metavar="KEY=VALUE",
     help="Override one setting by its dotted name, e.g. --set kfp.launcher=kfp. Repeatable.",
 )
-@click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Lowest level written."
-)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Lowest level written.")
 @click.option(
     "--log-format",
     type=click.Choice(["auto", "json", "console"]),
@@ -106,16 +104,50 @@ def rules() -> None:
 
 @rules.command("check")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-def rules_check(paths: tuple[Path, ...]) -> None:
-    """Validate rule files (default: the rules folder). Exit 0 when all are valid, 1 otherwise."""
-    _not_available("rules check", "the rule engine")
+@click.pass_context
+def rules_check(ctx: click.Context, paths: tuple[Path, ...]) -> None:
+    """Validate rule files (default: the rules folder). Exit 0 when all are valid, 1 otherwise.
+
+    Every error is printed as FILE:LINE: rule 'NAME': field 'FIELD': MESSAGE.
+    """
+    targets = list(paths) or [_settings(ctx).rules.path]
+    result = loading.load_paths(targets)
+    for error in result.errors:
+        click.echo(error.render())
+    if not result.ok:
+        click.echo(f"{len(result.errors)} error(s) in {', '.join(str(t) for t in targets)}", err=True)
+        sys.exit(1)
+    files = sorted({loaded.file for loaded in result.rules.values()})
+    click.echo(f"{len(result.rules)} rule(s) valid in {len(files)} file(s): {', '.join(sorted(result.rules))}")
 
 
 @main.command()
 @click.argument("rule")
-def explain(rule: str) -> None:
+@click.option("--history", default=10, show_default=True, help="How many recent decisions to show.")
+@click.pass_context
+def explain(ctx: click.Context, rule: str, history: int) -> None:
     """Explain what RULE sees now, why it would or would not fire, and its recent decisions."""
-    _not_available("explain", "the rule engine")
+    config = _settings(ctx)
+    loaded = loading.load_paths([config.rules.path])
+    found = loaded.rules.get(rule)
+    if found is None:
+        for error in loaded.errors:
+            click.echo(error.render(), err=True)
+        known = ", ".join(sorted(loaded.rules)) or "none"
+        click.echo(f"retrain explain: no valid rule {rule!r} in {config.rules.path} (valid rules: {known})", err=True)
+        sys.exit(1)
+    journal_path = config.journal.path
+    if journal_path.exists():
+        journal: base.Journal = sqlite.SqliteJournal(journal_path, busy_timeout_s=config.journal.busy_timeout_s)
+        where = str(journal_path)
+    else:
+        journal = sqlite.SqliteJournal(":memory:")
+        where = f"{journal_path} (does not exist yet: the daemon has not run; an empty journal is shown)"
+    try:
+        for line in explaining.explain(found, journal, now=datetime.now(UTC), history=history, journal_name=where):
+            click.echo(line)
+    finally:
+        journal.close()
 
 
 @main.command()
@@ -146,9 +178,7 @@ def pipeline() -> None:
 
 
 @pipeline.command("compile")
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="IR YAML file."
-)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="IR YAML file.")
 def pipeline_compile(output: Path) -> None:
     """Compile the training pipeline to KFP IR YAML, ready to upload in the KFP UI."""
     _not_available("pipeline compile", "the training pipelines")

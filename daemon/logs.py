@@ -29,13 +29,19 @@ _MASK = "**********"
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def redact_secrets(
-    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
+def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: mask the value of any field whose name looks like a credential."""
     for key in list(event_dict):
         if _SECRET_KEY.search(key) and event_dict[key] is not None:
             event_dict[key] = _MASK
+    return event_dict
+
+
+def _add_module(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """For standard-library records: name the emitting module like the daemon's own lines do."""
+    record = event_dict.get("_record")
+    if record is not None:
+        event_dict["module"] = record.name
     return event_dict
 
 
@@ -84,7 +90,7 @@ def configure(config: settings_mod.LoggingSettings, *, stream: TextIO | None = N
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            foreign_pre_chain=[_add_module, *shared],
         )
     )
     root = logging.getLogger()
@@ -94,7 +100,8 @@ def configure(config: settings_mod.LoggingSettings, *, stream: TextIO | None = N
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
     """The logger of a module: ``log = logs.get_logger(__name__)``."""
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger().bind(logger=name)
+    # A lazy proxy: it picks up the configuration in force when it first logs, not at import time.
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(module=name)
     return logger
 
 

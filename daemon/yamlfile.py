@@ -45,9 +45,7 @@ def _index(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], *, file: s
         for key_node, value_node in node.value:
             key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "<complex key>"
             if key in seen:
-                raise errors.ConfigError(
-                    f"duplicate key {key!r}", file=file, line=key_node.start_mark.line + 1
-                )
+                raise errors.ConfigError(f"duplicate key {key!r}", file=file, line=key_node.start_mark.line + 1)
             seen.add(key)
             child = (*path, key)
             lines[child] = key_node.start_mark.line + 1

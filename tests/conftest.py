@@ -27,9 +27,7 @@ def _keep_or_remove(request: pytest.FixtureRequest, workdir: Path, name: str) ->
 
 
 @pytest.fixture(scope="session")
-def s3_server(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Iterator[services.S3Server]:
+def s3_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[services.S3Server]:
     """A real S3 API (SeaweedFS) with generated credentials, for the whole session."""
     workdir = tmp_path_factory.mktemp("seaweedfs")
     server = services.S3Server(workdir=workdir).start()

@@ -41,8 +41,6 @@ def test_help_lists_every_command_of_the_product() -> None:
     "args",
     [
         ("up",),
-        ("rules", "check"),
-        ("explain", "pets"),
         ("status",),
         ("trigger", "pets"),
         ("rollback", "pets-detector"),
@@ -50,9 +48,7 @@ def test_help_lists_every_command_of_the_product() -> None:
     ],
 )
 def test_commands_not_built_yet_say_so_and_fail(args: tuple[str, ...], tmp_path: Path) -> None:
-    result = subprocess.run(
-        [RETRAIN, *args], capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path
-    )
+    result = subprocess.run([RETRAIN, *args], capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
     assert result.returncode == 3
     assert "not available yet" in result.stderr
     assert "Nothing was done" in result.stderr
@@ -72,10 +68,7 @@ def test_invalid_settings_exit_2_with_every_error(tmp_path: Path) -> None:
     result = run("--config", str(config), "--set", "kfp.launcher=cloud", "config", "show")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert (
-        f"retrain: invalid settings: {config}:2: field 'http.prot': unknown setting; did you mean 'port'?"
-        in lines
-    )
+    assert f"retrain: invalid settings: {config}:2: field 'http.prot': unknown setting; did you mean 'port'?" in lines
     assert any("field 'kfp.launcher'" in line and "--set kfp.launcher" in line for line in lines)
 
 

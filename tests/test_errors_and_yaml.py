@@ -19,9 +19,7 @@ def test_config_error_leaves_out_unknown_parts() -> None:
 
 
 def test_temporary_and_permanent_are_distinct_families() -> None:
-    unavailable = errors.ServiceUnavailable(
-        service="MLflow", endpoint="http://m:5000", detail="503", retry_in_s=30
-    )
+    unavailable = errors.ServiceUnavailable(service="MLflow", endpoint="http://m:5000", detail="503", retry_in_s=30)
     assert isinstance(unavailable, errors.TemporaryError)
     assert not isinstance(unavailable, errors.PermanentError)
     assert isinstance(errors.ConfigError("x"), errors.PermanentError)
@@ -35,9 +33,7 @@ def test_remote_bodies_are_truncated() -> None:
 
 
 def test_yaml_lines_are_tracked() -> None:
-    [document] = yamlfile.parse_documents(
-        "name: a\ntriggers:\n  - cron: '0 3 * * 0'\n    tz: UTC\n", file="f"
-    )
+    [document] = yamlfile.parse_documents("name: a\ntriggers:\n  - cron: '0 3 * * 0'\n    tz: UTC\n", file="f")
     assert document.value == {"name": "a", "triggers": [{"cron": "0 3 * * 0", "tz": "UTC"}]}
     assert document.line_of(("triggers", 0, "tz")) == 4
     assert document.line_of(("triggers", 0, "missing")) == 3

@@ -64,7 +64,5 @@ def test_the_daemon_process_never_imports_torch() -> None:
         "bad = sorted(n for n in ('torch', 'ultralytics', 'torchvision') if n in sys.modules)\n"
         "print(bad); sys.exit(1 if bad else 0)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

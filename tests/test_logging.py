@@ -73,14 +73,12 @@ def test_library_logs_use_the_same_renderer() -> None:
     logging.getLogger("kfp.somewhere").warning("library said %s", "hello")
     line = json.loads(out.getvalue().strip())
     assert line["event"] == "library said hello"
-    assert line["logger"] == "kfp.somewhere"
+    assert line["module"] == "kfp.somewhere"
 
 
 def test_capture_logs_works_for_assertions() -> None:
     logs.configure(settings.LoggingSettings(format="json"), stream=io.StringIO())
     with capture_logs() as captured:
         logs.get_logger("t").info("rule_file_rejected", file="rules/x.yaml")
-    assert captured == [
-        {"event": "rule_file_rejected", "file": "rules/x.yaml", "log_level": "info", "logger": "t"}
-    ]
+    assert captured == [{"event": "rule_file_rejected", "file": "rules/x.yaml", "log_level": "info", "module": "t"}]
     structlog.reset_defaults()

@@ -1,5 +1,5 @@
-"""Values: the frozen types everything else passes around (events, decisions, run keys, outcomes).
+"""Values: the frozen types everything else passes around (rules, events, decisions, runs, outcomes).
 
-This layer imports nothing but the standard library's pure modules and pydantic-free dataclasses; the
-import-linter contract in ``pyproject.toml`` forbids service clients, drivers, HTTP and ML libraries here.
+Pure: the standard library's computational modules and pydantic (for the user-edited rule schema) only.
+The import-linter contract in ``pyproject.toml`` forbids service clients, drivers, HTTP and ML libraries.
 """

@@ -1,0 +1,168 @@
+"""The journal's contract: a durable, idempotent record of everything that happened.
+
+Invariants every backend keeps:
+
+- ``append_events`` is idempotent on the deterministic event id and atomic per batch: after a crash, a
+  batch is either all there or not at all.
+- A run's intent (its run key) is committed before anything is submitted (``record_intent``), together
+  with the snapshot it trains on, the pending data it consumes and the ticks or requests it answers. A
+  second intent with the same run key is refused, so the same data never launches twice.
+- Run states only move forward (:data:`daemon.model.runs.TRANSITIONS`).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from daemon.model import decisions, events, ids, rules, runs, state
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppendResult:
+    """How many events of a batch were new, and how many the journal already had."""
+
+    new: int
+    duplicates: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class InventoryItem:
+    """One object of a dataset as the journal last saw it."""
+
+    dataset: str
+    key: str
+    item: events.ItemKind
+    version: str
+    size: int | None
+    first_seen: datetime
+    changed_at: datetime
+    deleted: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecisionRecord:
+    """A decision as it was recorded: when, what, why and the numbers behind it."""
+
+    rule: str
+    at: datetime
+    outcome: str
+    code: str
+    reason: str
+    numbers: dict[str, Any]
+    run_key: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromotionRecord:
+    """A move (or a refused move) of a model's champion alias."""
+
+    model: str
+    version: str | None
+    previous_version: str | None
+    run_key: str | None
+    kind: str
+    """``promoted``, ``rejected``, ``refused`` (compare-and-set lost) or ``rollback``."""
+    actor: str
+    reason: str
+    metrics: dict[str, Any]
+    at: datetime
+
+
+class Journal(abc.ABC):
+    """Where the daemon writes what happened before it acts on it."""
+
+    # --- events and inventory ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def append_events(self, batch: Sequence[events.SourceEvent], *, received_at: datetime) -> AppendResult:
+        """Append a batch of source events in one transaction, skipping ones already journaled.
+
+        A delete without a version takes the version on record; a delete of a key the journal does not
+        hold (or holds as deleted already) is a duplicate.
+        """
+
+    @abc.abstractmethod
+    def inventory(self, dataset: str, *, include_deleted: bool = False) -> Iterator[InventoryItem]:
+        """The dataset's objects in key order, streamed (memory stays bounded by the page, not the bucket)."""
+
+    @abc.abstractmethod
+    def event_count(self) -> int:
+        """How many distinct events are journaled."""
+
+    # --- what a rule sees -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def rule_state(self, rule: rules.Rule, *, now: datetime) -> state.RuleState:
+        """Everything the engine needs to decide for ``rule`` at ``now``."""
+
+    @abc.abstractmethod
+    def snapshot_manifest(self, dataset: str) -> list[tuple[str, str]]:
+        """The present labels and images of ``dataset`` as sorted ``(key, version)`` pairs."""
+
+    # --- decisions and runs -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def record_intent(self, launch: decisions.Launch, *, at: datetime) -> bool:
+        """Commit a run's intent before submission. Returns False (and changes nothing) if the run key exists."""
+
+    @abc.abstractmethod
+    def record_skip(self, skip: decisions.Skip, *, at: datetime) -> None:
+        """Record a skip (only when it says something new) and consume what it answered."""
+
+    @abc.abstractmethod
+    def decisions(self, rule: str, *, limit: int = 20) -> list[DecisionRecord]:
+        """The rule's recent decisions, newest first."""
+
+    @abc.abstractmethod
+    def update_run(
+        self,
+        run_key: ids.RunKey,
+        new_state: runs.RunState,
+        *,
+        at: datetime,
+        backend: str | None = None,
+        backend_run_id: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        promotion: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> runs.RunRecord:
+        """Move a run forward. Raises :class:`daemon.errors.PermanentError` on an illegal transition."""
+
+    @abc.abstractmethod
+    def get_run(self, run_key: ids.RunKey) -> runs.RunRecord | None:
+        """The run with this key, if any."""
+
+    @abc.abstractmethod
+    def runs(
+        self, *, rule: str | None = None, states: frozenset[runs.RunState] | None = None, limit: int = 100
+    ) -> list[runs.RunRecord]:
+        """Runs, newest first, optionally filtered."""
+
+    # --- ticks, observations, manual requests -----------------------------------------------------
+    @abc.abstractmethod
+    def record_tick(self, rule: str, *, trigger_index: int, slot: datetime, at: datetime) -> bool:
+        """Journal a schedule slot; False if that slot was already journaled (a restart never fires it twice)."""
+
+    @abc.abstractmethod
+    def record_observation(
+        self, rule: str, *, kind: str, trigger_index: int, value: float, at: datetime, detail: str = ""
+    ) -> str:
+        """Journal a drift measurement; returns its id. A newer one replaces an unanswered older one."""
+
+    @abc.abstractmethod
+    def request_manual(self, rule: str, *, reason: str, actor: str, at: datetime) -> str:
+        """Journal a manual trigger request; returns its id."""
+
+    # --- promotions -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def record_promotion(self, record: PromotionRecord) -> None:
+        """Journal a champion move, a rejection, a refused compare-and-set or a rollback."""
+
+    @abc.abstractmethod
+    def promotions(self, model: str | None = None, *, limit: int = 20) -> list[PromotionRecord]:
+        """Recent promotion records, newest first."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the backend's resources."""

@@ -1,0 +1,99 @@
+"""Source events: one model for everything that says "data changed" (or "time to look").
+
+Every source (MinIO listen, webhook, S3 reconcile, folder watcher) turns what it saw into a
+:class:`SourceEvent`. Its id is deterministic, so the same change seen twice (a webhook retry, a reconcile
+after a notification) is the same event and the journal stores it once.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from daemon.model import ids
+
+
+class Source(enum.StrEnum):
+    MINIO_LISTEN = "minio_listen"
+    WEBHOOK = "webhook"
+    S3_RECONCILE = "s3_reconcile"
+    FOLDER = "folder"
+    FOLDER_RESCAN = "folder_rescan"
+
+
+class ChangeKind(enum.StrEnum):
+    CREATED = "created"
+    CHANGED = "changed"
+    DELETED = "deleted"
+
+
+class ItemKind(enum.StrEnum):
+    """What a key is, by the dataset layout."""
+
+    LABEL = "label"
+    IMAGE = "image"
+    OTHER = "other"
+
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+def classify(relative_key: str, *, labels_dir: str = "labels", images_dir: str = "images") -> ItemKind:
+    """Tell labels from images by the YOLO layout: ``labels/**.txt`` and ``images/**.{jpg,png,...}``.
+
+    ``relative_key`` is relative to the dataset root (the S3 prefix or the folder).
+    """
+    parts = relative_key.split("/")
+    name = parts[-1]
+    if not name or name.startswith("."):
+        return ItemKind.OTHER
+    suffix = name[name.rfind(".") :].lower() if "." in name else ""
+    folders = parts[:-1]
+    if labels_dir in folders and suffix == ".txt":
+        return ItemKind.LABEL
+    if images_dir in folders and suffix in IMAGE_SUFFIXES:
+        return ItemKind.IMAGE
+    return ItemKind.OTHER
+
+
+def version_of(*, etag: str | None, size: int | None, mtime_ns: int | None) -> str:
+    """What identifies one version of an object: its etag, else its size and modification time."""
+    if etag:
+        return etag.strip('"')
+    return f"{size}:{mtime_ns}"
+
+
+def event_id(*, dataset: str, key: str, kind: ChangeKind, version: str, generation: int) -> ids.EventId:
+    """The deterministic id of "``key`` of ``dataset`` reached ``version`` by ``kind``".
+
+    Created and changed are one id for one version: whichever source sees a version first journals it.
+    ``generation`` counts the key's earlier deletions, so that re-uploading the same bytes after a delete is
+    a new event, while a repeated notification of either is not.
+    """
+    change = "deleted" if kind is ChangeKind.DELETED else "present"
+    digest = hashlib.sha256(f"{dataset}\0{key}\0{change}\0{version}\0{generation}".encode()).hexdigest()
+    return ids.EventId(digest[:32])
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceEvent:
+    """One observed change of one object.
+
+    ``version`` is the etag (S3) or ``size:mtime_ns`` (folders). Deletes often come without it (MinIO
+    sends no etag for deletes): the journal then takes the version it has on record.
+    """
+
+    source: Source
+    dataset: str
+    key: str
+    """Key relative to the dataset root, with '/' separators, URL-decoded."""
+    kind: ChangeKind
+    item: ItemKind
+    version: str | None
+    size: int | None
+    time: datetime
+    """When the source says the change happened (aware)."""
+    class_counts: dict[str, int] | None = None
+    """For label files whose contents the source read: boxes per class id."""
