@@ -23,3 +23,5 @@ TAG_DATASET_FINGERPRINT: Final = "retrain.dataset_fingerprint"
 TAG_CODE_VERSION: Final = "retrain.code_version"
 TAG_GATE_DECISION: Final = "retrain.gate.decision"
 TAG_GATE_REASON: Final = "retrain.gate.reason"
+#: Prefix of the metric tags on model versions: ``retrain.metric.map50_95``.
+TAG_METRIC_PREFIX: Final = "retrain.metric."

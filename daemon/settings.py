@@ -53,6 +53,10 @@ class S3Settings(_Group):
     """Access key id. Give it through ``RETRAIN_SOURCES__S3__ACCESS_KEY`` (a Kubernetes Secret)."""
     secret_key: SecretStr | None = None
     """Secret access key. Give it through ``RETRAIN_SOURCES__S3__SECRET_KEY`` (a Kubernetes Secret)."""
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    """Seconds to wait for a TCP connection to the S3 API."""
+    read_timeout_s: float = Field(default=60.0, gt=0)
+    """Seconds to wait for data on an open connection (the listen stream sends keep-alives)."""
 
 
 class SourcesSettings(_Group):
@@ -110,6 +114,8 @@ class MlflowSettings(_Group):
     """Model registry URI when it differs from the tracking URI."""
     request_timeout_s: float = Field(default=30.0, gt=0)
     """Timeout of one request to the MLflow server, in seconds."""
+    max_retries: int = Field(default=2, ge=0, le=10)
+    """Retries of a failed request to the MLflow server (each after 1, 2, 4... seconds)."""
 
 
 class HttpSettings(_Group):

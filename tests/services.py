@@ -88,7 +88,7 @@ class ServiceProcess:
         self.stop()
         raise ServiceError(f"{self.name}: no {what} within {timeout_s} s; log {self.log_path}:\n{self.log_tail()}")
 
-    def stop(self, timeout_s: float = 15.0) -> None:
+    def stop(self, timeout_s: float = 5.0) -> None:
         """SIGTERM the service's process group, then SIGKILL what is left after ``timeout_s``."""
         if not self.alive():
             return

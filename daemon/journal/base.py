@@ -89,6 +89,18 @@ class Journal(abc.ABC):
         """The dataset's objects in key order, streamed (memory stays bounded by the page, not the bucket)."""
 
     @abc.abstractmethod
+    def labels_without_counts(self, dataset: str, *, limit: int) -> list[tuple[str, str]]:
+        """Present label files whose class counts are unknown, as ``(key, version)``."""
+
+    @abc.abstractmethod
+    def set_class_counts(self, dataset: str, key: str, *, version: str, counts: dict[str, int]) -> bool:
+        """Store a label file's class counts, if the file is still at ``version``."""
+
+    @abc.abstractmethod
+    def snapshot_histogram(self, dataset: str, fingerprint: str) -> dict[str, int] | None:
+        """Boxes per class over the label files of a recorded snapshot (None: snapshot unknown)."""
+
+    @abc.abstractmethod
     def event_count(self) -> int:
         """How many distinct events are journaled."""
 

@@ -191,18 +191,26 @@ class SqliteJournal(base.Journal):
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. SQLite failures become :class:`~daemon.errors.TemporaryError`: the
+        caller keeps its input (a webhook answers 503, a source retries) and nothing half-done remains."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise errors.TemporaryError(f"journal {self.path} is busy: {exc}; will retry") from exc
+            except sqlite3.Error as exc:
+                raise errors.TemporaryError(f"journal {self.path} cannot be written: {exc}; will retry") from exc
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise errors.TemporaryError(f"journal {self.path} write failed: {exc}; will retry") from exc
                 raise
             else:
-                self._db.execute("COMMIT")
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    raise errors.TemporaryError(f"journal {self.path} commit failed: {exc}; will retry") from exc
 
     def close(self) -> None:
         with self._lock:
@@ -321,6 +329,40 @@ class SqliteJournal(base.Journal):
                 return
             after = rows[-1][0]
 
+    def labels_without_counts(self, dataset: str, *, limit: int) -> list[tuple[str, str]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, version FROM inventory WHERE dataset = ? AND item = 'label' AND deleted = 0 "
+                "AND class_counts IS NULL ORDER BY key LIMIT ?",
+                (dataset, limit),
+            ).fetchall()
+        return [(k, v) for k, v in rows]
+
+    def set_class_counts(self, dataset: str, key: str, *, version: str, counts: dict[str, int]) -> bool:
+        with self._transaction() as db:
+            return bool(
+                db.execute(
+                    "UPDATE inventory SET class_counts = ? WHERE dataset = ? AND key = ? AND version = ?",
+                    (json.dumps(counts), dataset, key, version),
+                ).rowcount
+            )
+
+    def snapshot_histogram(self, dataset: str, fingerprint: str) -> dict[str, int] | None:
+        manifest = self.snapshot_of(fingerprint)
+        if manifest is None:
+            return None
+        histogram: dict[str, int] = {}
+        with self._lock:
+            for key, version in manifest:
+                row = self._db.execute(
+                    "SELECT class_counts FROM inventory "
+                    "WHERE dataset = ? AND key = ? AND version = ? AND item = 'label'",
+                    (dataset, key, version),
+                ).fetchone()
+                for cls, n in json.loads(row[0] if row and row[0] else "{}").items():
+                    histogram[cls] = histogram.get(cls, 0) + int(n)
+        return histogram
+
     def event_count(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
@@ -408,7 +450,7 @@ class SqliteJournal(base.Journal):
                     snapshot_run = (key, runs.RunState(found[0]))
             signals = db.execute(
                 "SELECT id, kind, trigger_index, slot, value, detail, actor, at FROM signals "
-                "WHERE rule = ? AND answered_by IS NULL ORDER BY at, id",
+                "WHERE rule = ? AND answered_by IS NULL ORDER BY COALESCE(slot, at), at, id",
                 (rule.name,),
             ).fetchall()
         ticks, observations, manual = [], [], []

@@ -1,0 +1,1 @@
+"""The daemon's HTTP endpoints (FastAPI, served by uvicorn): the MinIO webhook today."""

@@ -1,0 +1,1 @@
+"""The MLflow side: reading metrics and champions (and, later, moving the champion alias)."""

@@ -1,0 +1,84 @@
+"""MLflow adapter: reads what drift checks and status need from the tracking server and registry.
+
+MLflow exceptions never leave this module: "not found" becomes ``None``, anything else a
+:class:`~daemon.errors.ServiceUnavailable` naming the server.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from daemon import constants, errors, settings
+
+_NOT_FOUND = frozenset({"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"})
+
+
+def configure(config: settings.MlflowSettings) -> None:
+    """Apply the request policy. MLflow reads its HTTP retries and timeout from the environment only
+    (its default of 7 retries with exponential backoff holds a call for minutes on an unreachable
+    server), so the daemon sets them once at start-up, before the first request."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(config.max_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(config.request_timeout_s)))
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+
+
+class MlflowMetrics:
+    """Live metrics and champion metrics from an MLflow server.
+
+    Args:
+        tracking_uri: the tracking server (``http://...``) or a local store (``sqlite:///...``).
+        registry_uri: the registry, when it differs.
+    """
+
+    def __init__(self, *, tracking_uri: str, registry_uri: str | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+
+    def _fail(self, exc: Exception, doing: str) -> errors.RetrainError:
+        return errors.ServiceUnavailable(service="MLflow", endpoint=self.tracking_uri, detail=f"{doing}: {exc}")
+
+    @staticmethod
+    def _missing(exc: Exception) -> bool:
+        return isinstance(exc, MlflowException) and str(exc.error_code) in _NOT_FOUND
+
+    def live_metric(self, *, experiment: str, metric: str) -> float | None:
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                return None
+            runs: Any = self.client.search_runs(
+                [found.experiment_id], order_by=["attributes.start_time DESC"], max_results=50
+            )
+        except Exception as exc:
+            if self._missing(exc):
+                return None
+            raise self._fail(exc, f"reading {metric} in experiment {experiment}") from exc
+        for run in runs:
+            if metric in run.data.metrics:
+                return float(run.data.metrics[metric])
+        return None
+
+    def champion_metric(self, *, model: str, metric: str) -> float | None:
+        try:
+            version = self.client.get_model_version_by_alias(model, constants.CHAMPION_ALIAS)
+        except Exception as exc:
+            if self._missing(exc):
+                return None
+            raise self._fail(exc, f"reading the champion of {model}") from exc
+        tagged = (version.tags or {}).get(f"{constants.TAG_METRIC_PREFIX}{metric}")
+        if tagged is not None:
+            return float(tagged)
+        if not version.run_id:
+            return None
+        try:
+            run = self.client.get_run(version.run_id)
+        except Exception as exc:
+            if self._missing(exc):
+                return None
+            raise self._fail(exc, f"reading run {version.run_id}") from exc
+        value = run.data.metrics.get(metric)
+        return float(value) if value is not None else None

@@ -1,0 +1,101 @@
+"""What every event source shares: where events go (the sink) and how a source reports its health.
+
+Sources never act on an event themselves: they hand it to the :class:`EventSink`, which journals it (a
+whole batch in one transaction) and only then lets the source acknowledge it upstream. Each source keeps a
+:class:`SourceStatus` (connected, last event, counts, gaps, last reconcile and its lag) for ``retrain
+status``, ``/readyz`` and the metrics.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from daemon.journal import base as journal_base
+from daemon.model import events
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceStatus:
+    """A snapshot of one source's health."""
+
+    name: str
+    connected: bool = False
+    last_event_at: datetime | None = None
+    events: int = 0
+    """Events handed to the journal (new and duplicates)."""
+    new_events: int = 0
+    """Events the journal did not have yet."""
+    gaps: int = 0
+    """Times the source lost its stream (events in between may be lost; a reconcile follows)."""
+    rejected: int = 0
+    """Malformed inputs refused."""
+    last_reconcile_at: datetime | None = None
+    reconcile_lag_s: float | None = None
+    """How long the last reconcile pass took, in seconds."""
+    last_error: str | None = None
+
+
+class StatusBoard:
+    """Thread-safe statuses of all sources, updated by the sources, read by status/readiness/metrics."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._statuses: dict[str, SourceStatus] = {}
+
+    def update(self, name: str, **changes: object) -> SourceStatus:
+        with self._lock:
+            current = self._statuses.get(name, SourceStatus(name=name))
+            updated = replace(current, **changes)  # type: ignore[arg-type]
+            self._statuses[name] = updated
+            return updated
+
+    def add(self, name: str, **increments: int) -> SourceStatus:
+        with self._lock:
+            current = self._statuses.get(name, SourceStatus(name=name))
+            changes = {k: getattr(current, k) + v for k, v in increments.items()}
+            updated = replace(current, **changes)
+            self._statuses[name] = updated
+            return updated
+
+    def get(self, name: str) -> SourceStatus:
+        with self._lock:
+            return self._statuses.get(name, SourceStatus(name=name))
+
+    def all(self) -> list[SourceStatus]:
+        with self._lock:
+            return sorted(self._statuses.values(), key=lambda s: s.name)
+
+
+@dataclass
+class EventSink:
+    """Journals batches of events for the sources and keeps their counters.
+
+    Args:
+        journal: where events are written.
+        board: the statuses to count into.
+        clock: the time events are received at (a fake clock in tests).
+    """
+
+    journal: journal_base.Journal
+    board: StatusBoard
+    clock: Clock
+    listeners: list[Callable[[Sequence[events.SourceEvent], journal_base.AppendResult], None]] = field(
+        default_factory=list
+    )
+
+    def deliver(self, source: str, batch: Sequence[events.SourceEvent]) -> journal_base.AppendResult:
+        """Journal ``batch`` (one transaction) and count it for ``source``. Raises what the journal raises."""
+        if not batch:
+            return journal_base.AppendResult(new=0, duplicates=0)
+        now = self.clock()
+        result = self.journal.append_events(batch, received_at=now)
+        self.board.add(source, events=len(batch), new_events=result.new)
+        self.board.update(source, last_event_at=now)
+        for listener in self.listeners:
+            listener(batch, result)
+        return result

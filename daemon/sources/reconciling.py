@@ -1,0 +1,211 @@
+"""Reconcile: make the journal's inventory match what storage holds, whatever the notifications missed.
+
+Notification streams lose events by design (a dropped MinIO listen connection, an inotify queue overflow,
+a daemon that was down). A reconcile pass lists the storage and merge-joins the listing with the journal's
+inventory, both in key order, emitting ``created``, ``changed`` and ``deleted`` events for differences.
+Memory stays bounded by one listing page and one event batch, not by the bucket's size.
+
+A listing that fails half-way emits nothing for the part it did not reach: a key is reported deleted only
+when the listing has gone past it without seeing it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from daemon import errors, logs
+from daemon.engine import labels
+from daemon.journal import base as journal_base
+from daemon.model import events
+from daemon.sources import base, datasets, s3
+
+log = logs.get_logger(__name__)
+
+#: Events journaled per transaction while reconciling.
+BATCH = 500
+#: Label files read for class counts per pass.
+COUNT_LABELS_PER_PASS = 2000
+
+
+@dataclass(frozen=True, kw_only=True)
+class Listed:
+    """One object found in storage, relative to the dataset root."""
+
+    key: str
+    version: str
+    size: int | None
+    item: events.ItemKind
+
+
+@dataclass(frozen=True, kw_only=True)
+class Difference:
+    kind: events.ChangeKind
+    key: str
+    item: events.ItemKind
+    version: str | None
+    size: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReconcileResult:
+    created: int = 0
+    changed: int = 0
+    deleted: int = 0
+    seconds: float = 0.0
+    new_events: int = 0
+
+
+def diff(listing: Iterable[Listed], inventory: Iterable[journal_base.InventoryItem]) -> Iterator[Difference]:
+    """Differences between a key-ordered listing and the key-ordered inventory (a merge join)."""
+    known = iter(inventory)
+    current = next(known, None)
+    for found in listing:
+        while current is not None and current.key < found.key:
+            yield Difference(
+                kind=events.ChangeKind.DELETED, key=current.key, item=current.item, version=None, size=None
+            )
+            current = next(known, None)
+        if current is not None and current.key == found.key:
+            if current.version != found.version:
+                yield Difference(
+                    kind=events.ChangeKind.CHANGED,
+                    key=found.key,
+                    item=found.item,
+                    version=found.version,
+                    size=found.size,
+                )
+            current = next(known, None)
+        else:
+            yield Difference(
+                kind=events.ChangeKind.CREATED, key=found.key, item=found.item, version=found.version, size=found.size
+            )
+    while current is not None:
+        yield Difference(kind=events.ChangeKind.DELETED, key=current.key, item=current.item, version=None, size=None)
+        current = next(known, None)
+
+
+def apply(
+    differences: Iterable[Difference],
+    *,
+    location: datasets.DatasetLocation,
+    sink: base.EventSink,
+    source_name: str,
+    source: events.Source,
+    now: datetime,
+    class_counts: dict[str, dict[str, int]] | None = None,
+) -> ReconcileResult:
+    """Journal differences as events, ``BATCH`` per transaction."""
+    counts = {"created": 0, "changed": 0, "deleted": 0}
+    new = 0
+    batch: list[events.SourceEvent] = []
+    for difference in differences:
+        counts[difference.kind.value] += 1
+        batch.append(
+            events.SourceEvent(
+                source=source,
+                dataset=location.name,
+                key=difference.key,
+                kind=difference.kind,
+                item=difference.item,
+                version=difference.version,
+                size=difference.size,
+                time=now,
+                class_counts=(class_counts or {}).get(difference.key),
+            )
+        )
+        if len(batch) >= BATCH:
+            new += sink.deliver(source_name, batch).new
+            batch = []
+    new += sink.deliver(source_name, batch).new
+    return ReconcileResult(new_events=new, **counts)
+
+
+class S3Reconciler:
+    """Lists one S3 dataset and journals what the inventory lacks.
+
+    Args:
+        store: the S3 adapter.
+        location: the dataset's bucket and prefix.
+        sink: where events go.
+        clock: the current time.
+    """
+
+    def __init__(
+        self, *, store: s3.S3Store, location: datasets.DatasetLocation, sink: base.EventSink, clock: base.Clock
+    ) -> None:
+        assert location.bucket is not None, "an S3 reconciler needs an s3:// dataset"
+        self.store = store
+        self.location = location
+        self.bucket = location.bucket
+        self.sink = sink
+        self.clock = clock
+        self.name = f"s3_reconcile:{location.name}"
+
+    def _listing(self) -> Iterator[Listed]:
+        for obj in self.store.list(self.bucket, self.location.prefix):
+            rel = self.location.relative(obj.key)
+            if rel is None:
+                continue
+            item = self.location.classify(rel)
+            if item is events.ItemKind.OTHER:
+                continue
+            yield Listed(key=rel, version=obj.etag, size=obj.size, item=item)
+
+    def run_once(self) -> ReconcileResult:
+        """One full pass. Raises :class:`~daemon.errors.TemporaryError` if S3 is unreachable (nothing is lost:
+        whatever was journaled stays, and the next pass continues)."""
+        started = time.monotonic()
+        board = self.sink.board
+        try:
+            result = apply(
+                diff(self._listing(), self.sink.journal.inventory(self.location.name)),
+                location=self.location,
+                sink=self.sink,
+                source_name=self.name,
+                source=events.Source.S3_RECONCILE,
+                now=self.clock(),
+            )
+            self.count_labels()
+        except errors.RetrainError as exc:
+            board.update(self.name, connected=False, last_error=str(exc))
+            board.add(self.name, gaps=1)
+            log.warning("reconcile_failed", dataset=self.location.name, error=str(exc))
+            raise
+        seconds = time.monotonic() - started
+        board.update(
+            self.name, connected=True, last_error=None, last_reconcile_at=self.clock(), reconcile_lag_s=seconds
+        )
+        if result.created or result.changed or result.deleted:
+            log.info(
+                "reconciled",
+                dataset=self.location.name,
+                created=result.created,
+                changed=result.changed,
+                deleted=result.deleted,
+                seconds=round(seconds, 3),
+            )
+        return ReconcileResult(
+            created=result.created,
+            changed=result.changed,
+            deleted=result.deleted,
+            new_events=result.new_events,
+            seconds=seconds,
+        )
+
+    def count_labels(self, limit: int = COUNT_LABELS_PER_PASS) -> int:
+        """Read label files whose class counts are unknown and store the counts (bounded per pass)."""
+        journal = self.sink.journal
+        done = 0
+        for key, version in journal.labels_without_counts(self.location.name, limit=limit):
+            try:
+                text = self.store.read_text(self.bucket, self.location.prefix + key)
+            except errors.PermanentError as exc:
+                log.info("label_unreadable", dataset=self.location.name, key=key, error=str(exc))
+                journal.set_class_counts(self.location.name, key, version=version, counts={})
+                continue
+            if journal.set_class_counts(self.location.name, key, version=version, counts=labels.class_counts(text)):
+                done += 1
+        return done

@@ -1,0 +1,362 @@
+"""Dataset folders on persistent volumes, watched with watchdog.
+
+A file counts only when it is complete:
+
+- closed after writing (inotify ``IN_CLOSE_WRITE``);
+- renamed into place (``x.part`` -> ``x.txt``, or moved in from outside the folder);
+- with the polling observer (NFS/SMB volumes send no inotify events), or for a file that appeared without
+  a close: when its size and modification time stayed the same for ``settle_s``.
+
+Hidden and temporary files (``.*``, ``*.part``, ``*.tmp``, ``*.swp``, ``*~``) and anything under a
+hidden folder are ignored. inotify drops events when its queue overflows (16,384 by default) and watchdog
+only logs it, so a start-up scan, a periodic rescan and a rescan right after an overflow reconcile the
+folder with the journal's inventory.
+
+Events are journaled in batches by one flusher thread, so a burst of 10,000 files is a few transactions,
+not 10,000.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from daemon import errors, logs
+from daemon.engine import labels
+from daemon.model import events
+from daemon.sources import base, datasets, reconciling
+
+log = logs.get_logger(__name__)
+
+IGNORED_SUFFIXES = (".part", ".tmp", ".swp", ".crdownload", "~")
+#: Events journaled per transaction by the flusher.
+FLUSH_BATCH = 1000
+#: Largest label file read for class counts.
+MAX_LABEL_BYTES = 1_048_576
+
+
+def ignored(relative: str) -> bool:
+    """Hidden or temporary files, and anything below a hidden folder."""
+    parts = relative.split("/")
+    return any(p.startswith(".") for p in parts) or parts[-1].endswith(IGNORED_SUFFIXES)
+
+
+def _version(stat: os.stat_result) -> str:
+    return events.version_of(etag=None, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+
+
+class _OverflowAlarm(logging.Handler):
+    """watchdog logs an inotify queue overflow and tells no handler: turn the log line into a rescan."""
+
+    def __init__(self, on_overflow: threading.Event) -> None:
+        super().__init__(level=logging.WARNING)
+        self.on_overflow = on_overflow
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self.on_overflow.set()
+
+
+class FolderSource(FileSystemEventHandler):
+    """Watches one dataset folder and journals complete files.
+
+    Args:
+        location: the dataset (its ``path`` is the folder).
+        sink: where events go.
+        clock: the current time.
+        polling: use the polling observer (network volumes).
+        poll_interval_s: seconds between polls, and between settle checks.
+        rescan_interval_s: seconds between full rescans.
+        settle_s: how long a file without a close event must stay unchanged to count.
+    """
+
+    def __init__(
+        self,
+        *,
+        location: datasets.DatasetLocation,
+        sink: base.EventSink,
+        clock: base.Clock,
+        polling: bool = False,
+        poll_interval_s: float = 5.0,
+        rescan_interval_s: float = 600.0,
+        settle_s: float = 5.0,
+    ) -> None:
+        super().__init__()
+        assert location.path is not None, "a folder source needs a file:// dataset"
+        self.location = location
+        self.root = location.path
+        self.sink = sink
+        self.clock = clock
+        self.polling = polling
+        self.poll_interval_s = poll_interval_s
+        self.rescan_interval_s = rescan_interval_s
+        self.settle_s = settle_s
+        self.name = f"folder:{location.name}"
+        self._queue: queue.Queue[events.SourceEvent] = queue.Queue()
+        self._settling: dict[str, tuple[str, float]] = {}
+        self._settling_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._rescan_now = threading.Event()
+        self._observer: BaseObserver | None = None
+        self._threads: list[threading.Thread] = []
+        self._alarm = _OverflowAlarm(self._rescan_now)
+
+    # --- turning files into events ----------------------------------------------------------------
+    def _relative(self, path: str | bytes) -> str | None:
+        text = os.fsdecode(path)
+        try:
+            rel = Path(text).relative_to(self.root).as_posix()
+        except ValueError:
+            return None
+        if rel in ("", ".") or ignored(rel):
+            return None
+        return rel
+
+    def _event_for(self, rel: str, *, source: events.Source) -> events.SourceEvent | None:
+        item = self.location.classify(rel)
+        if item is events.ItemKind.OTHER:
+            return None
+        path = self.root / rel
+        try:
+            stat = path.stat()
+            counts = None
+            if item is events.ItemKind.LABEL and stat.st_size <= MAX_LABEL_BYTES:
+                counts = labels.class_counts(path.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            return None  # gone again; a delete event or the next rescan tells
+        return events.SourceEvent(
+            source=source,
+            dataset=self.location.name,
+            key=rel,
+            kind=events.ChangeKind.CREATED,
+            item=item,
+            version=_version(stat),
+            size=stat.st_size,
+            time=datetime.fromtimestamp(stat.st_mtime, tz=UTC),
+            class_counts=counts,
+        )
+
+    def _complete(self, path: str | bytes) -> None:
+        rel = self._relative(path)
+        if rel is None:
+            return
+        with self._settling_lock:
+            self._settling.pop(rel, None)
+        event = self._event_for(rel, source=events.Source.FOLDER)
+        if event is not None:
+            self._queue.put(event)
+
+    def _maybe_complete(self, path: str | bytes) -> None:
+        """A file appeared or changed without a close: count it once it has settled."""
+        rel = self._relative(path)
+        if rel is None or self.location.classify(rel) is events.ItemKind.OTHER:
+            return
+        try:
+            version = _version((self.root / rel).stat())
+        except OSError:
+            return
+        with self._settling_lock:
+            self._settling[rel] = (version, time.monotonic())
+
+    # --- watchdog callbacks (observer thread) -----------------------------------------------------
+    def on_closed(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self._complete(event.src_path)
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            self._rescan_now.set()  # a whole folder moved in or out: let a rescan sort it out
+            return
+        self.on_deleted(event)
+        self._complete(event.dest_path)
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            self._rescan_now.set()
+        else:
+            self._maybe_complete(event.src_path)
+
+    def on_modified(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self._maybe_complete(event.src_path)
+
+    def on_deleted(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            self._rescan_now.set()
+            return
+        rel = self._relative(event.src_path)
+        if rel is None or self.location.classify(rel) is events.ItemKind.OTHER:
+            return
+        with self._settling_lock:
+            self._settling.pop(rel, None)
+        self._queue.put(
+            events.SourceEvent(
+                source=events.Source.FOLDER,
+                dataset=self.location.name,
+                key=rel,
+                kind=events.ChangeKind.DELETED,
+                item=self.location.classify(rel),
+                version=None,
+                size=None,
+                time=self.clock(),
+            )
+        )
+
+    # --- settling, flushing, rescanning (own threads) ---------------------------------------------
+    def check_settled(self) -> None:
+        """Count files that stayed unchanged for ``settle_s``."""
+        now = time.monotonic()
+        with self._settling_lock:
+            candidates = [(rel, v) for rel, (v, since) in self._settling.items() if now - since >= self.settle_s]
+        for rel, version in candidates:
+            try:
+                current = _version((self.root / rel).stat())
+            except OSError:
+                with self._settling_lock:
+                    self._settling.pop(rel, None)
+                continue
+            if current == version:
+                self._complete(str(self.root / rel))
+            else:
+                with self._settling_lock:
+                    self._settling[rel] = (current, time.monotonic())
+
+    def flush(self) -> int:
+        """Journal what the callbacks queued, in batches. Returns how many events were delivered."""
+        delivered = 0
+        while True:
+            batch: list[events.SourceEvent] = []
+            while len(batch) < FLUSH_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if not batch:
+                return delivered
+            try:
+                self.sink.deliver(self.name, batch)
+            except errors.TemporaryError as exc:
+                # Keep them: put them back and try again on the next flush.
+                for event in batch:
+                    self._queue.put(event)
+                log.warning("folder_flush_retry", dataset=self.location.name, error=str(exc))
+                return delivered
+            delivered += len(batch)
+
+    def _walk(self) -> tuple[list[reconciling.Listed], set[str]]:
+        """Complete files in key order, and the keys of files too young to judge (maybe still written)."""
+        found: list[reconciling.Listed] = []
+        young: set[str] = set()
+        horizon = time.time() - self.settle_s
+        for directory, folders, files in os.walk(self.root):
+            folders[:] = [f for f in folders if not f.startswith(".")]
+            for name in files:
+                path = Path(directory) / name
+                rel = path.relative_to(self.root).as_posix()
+                if ignored(rel):
+                    continue
+                item = self.location.classify(rel)
+                if item is events.ItemKind.OTHER:
+                    continue
+                try:
+                    stat = path.stat()
+                except OSError:
+                    continue
+                if stat.st_mtime > horizon:
+                    young.add(rel)  # the close event or the next rescan counts it
+                    continue
+                found.append(reconciling.Listed(key=rel, version=_version(stat), size=stat.st_size, item=item))
+        found.sort(key=lambda listed: listed.key)
+        return found, young
+
+    def rescan(self) -> reconciling.ReconcileResult:
+        """Reconcile the folder with the journal's inventory (start-up, periodic, after an overflow)."""
+        started = time.monotonic()
+        self.flush()
+        listing, young = self._walk()
+        # Young files are neither new nor gone: leave them out of both sides of the comparison.
+        known = (i for i in self.sink.journal.inventory(self.location.name) if i.key not in young)
+        differences = list(reconciling.diff(listing, known))
+        counts: dict[str, dict[str, int]] = {}
+        for difference in differences:
+            if difference.item is events.ItemKind.LABEL and difference.kind is not events.ChangeKind.DELETED:
+                try:
+                    text = (self.root / difference.key).read_text(encoding="utf-8", errors="replace")
+                except OSError:
+                    continue
+                counts[difference.key] = labels.class_counts(text)
+        result = reconciling.apply(
+            differences,
+            location=self.location,
+            sink=self.sink,
+            source_name=self.name,
+            source=events.Source.FOLDER_RESCAN,
+            now=self.clock(),
+            class_counts=counts,
+        )
+        seconds = time.monotonic() - started
+        self.sink.board.update(self.name, last_reconcile_at=self.clock(), reconcile_lag_s=seconds)
+        if differences:
+            log.info(
+                "folder_rescanned",
+                dataset=self.location.name,
+                created=result.created,
+                changed=result.changed,
+                deleted=result.deleted,
+                seconds=round(seconds, 3),
+            )
+        return dataclasses.replace(result, seconds=seconds)
+
+    def _background(self) -> None:
+        next_rescan = time.monotonic() + self.rescan_interval_s
+        while not self._stopping.wait(min(self.poll_interval_s, 0.2)):
+            try:
+                self.check_settled()
+                self.flush()
+                if self._rescan_now.is_set() or time.monotonic() >= next_rescan:
+                    if self._rescan_now.is_set():
+                        log.warning("folder_rescan_after_overflow", dataset=self.location.name)
+                        self.sink.board.add(self.name, gaps=1)
+                    self._rescan_now.clear()
+                    self.rescan()
+                    next_rescan = time.monotonic() + self.rescan_interval_s
+            except errors.RetrainError as exc:
+                log.warning("folder_source_error", dataset=self.location.name, error=str(exc))
+                self.sink.board.update(self.name, last_error=str(exc))
+
+    # --- life cycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start watching, then scan once (anything that arrived while the daemon was down)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        logging.getLogger("watchdog").addHandler(self._alarm)
+        observer = PollingObserver(timeout=self.poll_interval_s) if self.polling else Observer()
+        observer.schedule(self, str(self.root), recursive=True)
+        observer.start()
+        self._observer = observer
+        self.sink.board.update(self.name, connected=True)
+        self.rescan()
+        thread = threading.Thread(target=self._background, name=self.name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stopping.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout_s)
+        for thread in self._threads:
+            thread.join(timeout_s)
+        self.flush()
+        logging.getLogger("watchdog").removeHandler(self._alarm)
+        self.sink.board.update(self.name, connected=False)

@@ -1,0 +1,166 @@
+"""Dataset folders with real files and real inotify (and the polling observer for network volumes)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from daemon.journal import sqlite
+from daemon.model import events
+from daemon.sources import base, datasets, watching
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.fixture
+def journal() -> Iterator[sqlite.SqliteJournal]:
+    j = sqlite.SqliteJournal(":memory:")
+    yield j
+    j.close()
+
+
+def make_source(root: Path, journal: sqlite.SqliteJournal, **kwargs: object) -> watching.FolderSource:
+    location = datasets.DatasetLocation(name="forklifts", source=f"file://{root}", path=root)
+    sink = base.EventSink(journal=journal, board=base.StatusBoard(), clock=lambda: datetime.now(UTC))
+    options: dict[str, object] = {"poll_interval_s": 0.1, "rescan_interval_s": 600.0, "settle_s": 1.0}
+    options.update(kwargs)
+    return watching.FolderSource(location=location, sink=sink, clock=lambda: datetime.now(UTC), **options)  # type: ignore[arg-type]
+
+
+def keys(journal: sqlite.SqliteJournal) -> list[str]:
+    return sorted(i.key for i in journal.inventory("forklifts"))
+
+
+@pytest.fixture
+def watched(tmp_path: Path, journal: sqlite.SqliteJournal) -> Iterator[tuple[Path, watching.FolderSource]]:
+    root = tmp_path / "forklifts"
+    (root / "labels" / "train").mkdir(parents=True)
+    (root / "images" / "train").mkdir(parents=True)
+    source = make_source(root, journal)
+    source.start()
+    yield root, source
+    source.stop()
+
+
+def test_a_closed_file_counts_with_its_classes(
+    watched: tuple[Path, watching.FolderSource], journal: sqlite.SqliteJournal
+) -> None:
+    root, _ = watched
+    (root / "labels" / "train" / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n2 0.5 0.5 0.1 0.1\n2 0.1 0.1 0.1 0.1\n")
+    assert wait_for(lambda: keys(journal) == ["labels/train/a.txt"])
+    assert journal.labels_without_counts("forklifts", limit=10) == []
+
+
+def test_a_slowly_written_file_counts_once_when_complete(
+    watched: tuple[Path, watching.FolderSource], journal: sqlite.SqliteJournal
+) -> None:
+    root, _ = watched
+    path = root / "labels" / "train" / "slow.txt"
+    with path.open("w") as handle:
+        for i in range(6):
+            handle.write(f"{i % 3} 0.5 0.5 0.1 0.1\n")
+            handle.flush()
+            time.sleep(0.3)
+        assert keys(journal) == []  # still open: not counted
+    assert wait_for(lambda: keys(journal) == ["labels/train/slow.txt"])
+    time.sleep(1.5)  # past the settle time: nothing more arrives
+    assert journal.event_count() == 1
+    [item] = journal.inventory("forklifts")
+    assert item.size == path.stat().st_size
+
+
+def test_renamed_into_place_counts_and_temporary_files_do_not(
+    watched: tuple[Path, watching.FolderSource], journal: sqlite.SqliteJournal
+) -> None:
+    root, _ = watched
+    part = root / "labels" / "train" / "b.txt.part"
+    part.write_text("1 0.5 0.5 0.1 0.1\n")
+    (root / "labels" / "train" / ".hidden.txt").write_text("1 0.5 0.5 0.1 0.1\n")
+    (root / "labels" / "train" / "c.tmp").write_text("x")
+    (root / "labels" / ".staging").mkdir()
+    (root / "labels" / ".staging" / "d.txt").write_text("1 0.5 0.5 0.1 0.1\n")
+    os.rename(part, root / "labels" / "train" / "b.txt")
+    assert wait_for(lambda: keys(journal) == ["labels/train/b.txt"])
+    time.sleep(1.5)
+    assert keys(journal) == ["labels/train/b.txt"]
+    assert journal.event_count() == 1
+
+
+def test_a_file_moved_in_from_outside_counts(
+    watched: tuple[Path, watching.FolderSource], journal: sqlite.SqliteJournal, tmp_path: Path
+) -> None:
+    root, _ = watched
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(b"\xff\xd8\xff" + b"0" * 100)
+    os.rename(outside, root / "images" / "train" / "e.jpg")
+    assert wait_for(lambda: keys(journal) == ["images/train/e.jpg"])
+    [item] = journal.inventory("forklifts")
+    assert item.item is events.ItemKind.IMAGE
+
+
+def test_deleting_a_file_deletes_it_from_the_inventory(
+    watched: tuple[Path, watching.FolderSource], journal: sqlite.SqliteJournal
+) -> None:
+    root, _ = watched
+    path = root / "labels" / "train" / "f.txt"
+    path.write_text("0 0.5 0.5 0.1 0.1\n")
+    assert wait_for(lambda: keys(journal) == ["labels/train/f.txt"])
+    path.unlink()
+    assert wait_for(lambda: keys(journal) == [])
+
+
+def test_start_up_scan_counts_what_arrived_while_down(tmp_path: Path, journal: sqlite.SqliteJournal) -> None:
+    root = tmp_path / "forklifts"
+    (root / "labels" / "train").mkdir(parents=True)
+    for i in range(5):
+        (root / "labels" / "train" / f"{i}.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    old = time.time() - 60
+    for path in (root / "labels" / "train").iterdir():
+        os.utime(path, (old, old))
+    source = make_source(root, journal)
+    source.start()
+    try:
+        assert len(keys(journal)) == 5  # counted by the start-up scan, before any event
+    finally:
+        source.stop()
+
+
+def test_ten_thousand_files_at_once_are_all_counted(tmp_path: Path, journal: sqlite.SqliteJournal) -> None:
+    """More events than the inotify queue holds (16,384 by default): the rescan recovers the rest."""
+    root = tmp_path / "forklifts"
+    folder = root / "labels" / "train"
+    folder.mkdir(parents=True)
+    source = make_source(root, journal, rescan_interval_s=2.0, settle_s=0.5)
+    source.start()
+    try:
+        for i in range(10_000):
+            (folder / f"{i:05d}.txt").write_text("1 0.5 0.5 0.1 0.1\n")
+        assert wait_for(lambda: len(keys(journal)) == 10_000, timeout_s=120)
+        assert journal.event_count() == 10_000
+    finally:
+        source.stop()
+
+
+def test_polling_observer_for_network_volumes(tmp_path: Path, journal: sqlite.SqliteJournal) -> None:
+    root = tmp_path / "forklifts"
+    (root / "labels" / "train").mkdir(parents=True)
+    source = make_source(root, journal, polling=True, poll_interval_s=0.2, settle_s=0.5)
+    source.start()
+    try:
+        (root / "labels" / "train" / "p.txt").write_text("3 0.5 0.5 0.1 0.1\n")
+        assert wait_for(lambda: keys(journal) == ["labels/train/p.txt"], timeout_s=20)
+        assert journal.event_count() == 1
+    finally:
+        source.stop()
