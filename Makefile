@@ -24,9 +24,11 @@ run: install
 	@$(BIN)/retrain rules check
 	@echo; echo "== 2. What the 'pets' rule sees and would decide now (retrain explain pets) =="
 	@$(BIN)/retrain explain pets
-	@echo; echo "== 3. Effective settings: embedded laptop defaults, secrets shown as ********** =="
+	@echo; echo "== 3. Compile the training pipeline for the 'pets' rule to KFP IR YAML (upload it in the KFP UI) =="
+	@mkdir -p .retrain && $(BIN)/retrain pipeline compile --rule pets -o .retrain/pets-pipeline.yaml
+	@echo; echo "== 4. Effective settings: embedded laptop defaults, secrets shown as ********** =="
 	@$(BIN)/retrain config show
-	@echo; echo "== Not built yet: the event sources and the daemon loop. 'retrain up' says so: =="
+	@echo; echo "== Not built yet: the daemon loop that runs sources, rules and pipelines. 'retrain up' says so: =="
 	@$(BIN)/retrain up || true
 	@echo; echo "== README.md says what each command does and what comes next. =="
 

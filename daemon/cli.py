@@ -179,9 +179,42 @@ def pipeline() -> None:
 
 @pipeline.command("compile")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="IR YAML file.")
-def pipeline_compile(output: Path) -> None:
-    """Compile the training pipeline to KFP IR YAML, ready to upload in the KFP UI."""
-    _not_available("pipeline compile", "the training pipelines")
+@click.option("--rule", "rule_name", help="Shape the pipeline for this rule (tuning, parallelism, GPUs).")
+@click.option("--tune/--no-tune", default=None, help="With or without the tuning fan-out (default: from --rule).")
+@click.option("--parallelism", type=click.IntRange(min=1), help="Tuning trials running at once.")
+@click.option("--gpus", type=click.IntRange(min=0), help="GPUs per training task.")
+@click.pass_context
+def pipeline_compile(
+    ctx: click.Context,
+    output: Path,
+    rule_name: str | None,
+    tune: bool | None,
+    parallelism: int | None,
+    gpus: int | None,
+) -> None:
+    """Compile the training pipeline to KFP IR YAML, ready to upload in the KFP UI and run by hand."""
+    from pipelines import training
+
+    config = _settings(ctx)
+    rule = None
+    if rule_name is not None:
+        loaded = loading.load_paths([config.rules.path])
+        found = loaded.rules.get(rule_name)
+        if found is None:
+            click.echo(f"retrain pipeline compile: no valid rule {rule_name!r} in {config.rules.path}", err=True)
+            sys.exit(1)
+        rule = found.rule
+    shape = training.Shape.of(rule)
+    shape = training.Shape(
+        tune=shape.tune if tune is None else tune,
+        parallelism=parallelism or shape.parallelism,
+        gpus=shape.gpus if gpus is None else gpus,
+    )
+    training.compile_to(output, image=config.kfp.trainer_image, config=config.pipeline, shape=shape)
+    click.echo(
+        f"wrote {output} (pipeline {training.PIPELINE_NAME}: tune={shape.tune}, parallelism={shape.parallelism}, "
+        f"gpus={shape.gpus}, image {config.kfp.trainer_image})"
+    )
 
 
 @main.group()

@@ -105,6 +105,46 @@ class KfpSettings(_Group):
     """Container image the pipeline components run in (see the Dockerfile's ``trainer`` target)."""
 
 
+class PipelineSettings(_Group):
+    """How pipeline tasks run on the cluster (ignored by ``kfp.local``, checked in the compiled spec)."""
+
+    accelerator_type: str = "nvidia.com/gpu"
+    """Kubernetes resource name of the GPU given to training, tuning and evaluation tasks."""
+    cpu_request: str = "2"
+    """CPU request of a GPU task (Kubernetes quantity)."""
+    memory_limit: str = "16Gi"
+    """Memory limit of a GPU task (an integer Kubernetes quantity, e.g. 16Gi)."""
+    shm_size: str = "2Gi"
+    """Size of the memory-backed /dev/shm emptyDir: PyTorch DataLoader workers need more than the
+    container default of 64Mi ("Bus error ... out of shared memory"); never privileged or hostIPC."""
+    dataset_pvc: str | None = None
+    """PersistentVolumeClaim holding file:// datasets, mounted read-only into the data tasks."""
+    dataset_mount_path: str = "/data"
+    """Where the dataset PVC is mounted (file:///data/... in rules refers to it)."""
+    s3_secret: str | None = "retrain-s3"  # noqa: S105 - the name of a Secret, not a secret
+    """Kubernetes Secret with keys access_key and secret_key, given to tasks as AWS_* variables."""
+    mlflow_secret: str | None = None
+    """Kubernetes Secret with key token, given to tasks as MLFLOW_TRACKING_TOKEN."""
+    retries: int = Field(default=2, ge=0, le=10)
+    """Retries of a failed task (node lost, image pull, transient errors)."""
+    retry_backoff_s: int = Field(default=30, ge=1)
+    """First wait before a retry, in seconds; doubles up to retry_backoff_max_s."""
+    retry_backoff_max_s: int = Field(default=600, ge=1)
+    """Longest wait between retries, in seconds."""
+    task_timeout_s: int = Field(default=86_400, ge=60)
+    """A task running longer than this many seconds is stopped by Kubernetes."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels GPU tasks must run on, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}."""
+    tolerations: list[dict[str, str]] = Field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    )
+    """Taints GPU tasks tolerate (key, operator, value, effect)."""
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    """Share of images held out for validation when a dataset has no train/val folders."""
+    max_bad_fraction: float = Field(default=0.05, ge=0, le=1)
+    """Validation fails the run when more than this share of items is bad (otherwise they are excluded)."""
+
+
 class MlflowSettings(_Group):
     """The MLflow tracking server and model registry."""
 
@@ -157,6 +197,7 @@ class Settings(_Group):
     sources: SourcesSettings = SourcesSettings()
     kfp: KfpSettings = KfpSettings()
     mlflow: MlflowSettings = MlflowSettings()
+    pipeline: PipelineSettings = PipelineSettings()
     http: HttpSettings = HttpSettings()
     logging: LoggingSettings = LoggingSettings()
     shutdown: ShutdownSettings = ShutdownSettings()

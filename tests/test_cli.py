@@ -44,7 +44,6 @@ def test_help_lists_every_command_of_the_product() -> None:
         ("status",),
         ("trigger", "pets"),
         ("rollback", "pets-detector"),
-        ("pipeline", "compile", "-o", "x.yaml"),
     ],
 )
 def test_commands_not_built_yet_say_so_and_fail(args: tuple[str, ...], tmp_path: Path) -> None:

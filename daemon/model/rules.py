@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -275,6 +276,12 @@ TUNABLE = frozenset(
 )
 
 
+def _only_tunable(names: Mapping[str, object], problem: str) -> None:
+    unknown = sorted(set(names) - TUNABLE)
+    if unknown:
+        raise ValueError(f"{problem} {', '.join(unknown)}: tunable are {', '.join(sorted(TUNABLE))}")
+
+
 class SearchRange(_Spec):
     """A range to sample one hyperparameter from."""
 
@@ -318,9 +325,7 @@ class TuneSpec(_Spec):
     @field_validator("space")
     @classmethod
     def _check_space(cls, value: dict[str, SearchRange]) -> dict[str, SearchRange]:
-        unknown = sorted(set(value) - TUNABLE)
-        if unknown:
-            raise ValueError(f"cannot tune {', '.join(unknown)}: tunable are {', '.join(sorted(TUNABLE))}")
+        _only_tunable(value, "cannot tune")
         return value
 
     @model_validator(mode="after")
@@ -346,9 +351,7 @@ class TrainingSpec(_Spec):
     @field_validator("hyperparameters")
     @classmethod
     def _check_hyperparameters(cls, value: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(value) - TUNABLE)
-        if unknown:
-            raise ValueError(f"unknown hyperparameter {', '.join(unknown)}: known are {', '.join(sorted(TUNABLE))}")
+        _only_tunable(value, "unknown hyperparameter")
         return value
 
 
