@@ -30,7 +30,6 @@ from tests.conftest import SHARED
 pytestmark = pytest.mark.slow
 
 
-
 def make_rule(name: str, source: str, *, epochs: int, extra: str = "", classes: list[str] | None = None) -> rules.Rule:
     text = f"""
 name: {name}
