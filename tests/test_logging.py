@@ -61,9 +61,9 @@ def test_level_filters() -> None:
 def test_credential_fields_are_masked() -> None:
     out = io.StringIO()
     logs.configure(settings.LoggingSettings(format="json"), stream=out)
-    logs.get_logger("t").info("connecting", endpoint="s3:9000", secret_key="abc123abc123", auth_token="t0k")
+    logs.get_logger("t").info("connecting", endpoint="s3:9000", secret_key="not-a-real-key", auth_token="t0k")
     text = out.getvalue()
-    assert "abc123abc123" not in text and "t0k" not in text
+    assert "not-a-real-key" not in text and "t0k" not in text
     assert json.loads(text)["endpoint"] == "s3:9000"
 
 
