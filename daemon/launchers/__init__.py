@@ -1,0 +1,1 @@
+"""Launchers: where runs execute. ``base`` is the contract; ``local`` runs ``kfp.local`` in child processes."""

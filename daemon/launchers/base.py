@@ -1,0 +1,42 @@
+"""The launcher contract: submit by run key, find by run key, never twice.
+
+Every method takes the run key the journal committed before submission. ``submit`` is idempotent on it (a
+second submit of the same key returns the first run), and ``find`` answers for a run key after a daemon
+restart, so an intent left behind by a crash resolves to the run that exists instead of a second one.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon.model import ids, runs
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunStatus:
+    """What the launcher knows about one run."""
+
+    run_key: ids.RunKey
+    state: runs.RunState
+    backend_run_id: str
+    output: dict[str, Any] = field(default_factory=dict)
+    """The pipeline's result (the promotion decision) once it succeeded."""
+    error: str | None = None
+
+
+class Launcher(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    def submit(self, run_key: ids.RunKey, spec: dict[str, Any]) -> RunStatus:
+        """Start the run, or return the run already started under this key.
+
+        Raises:
+            errors.TemporaryError: no capacity or the backend is unreachable now (nothing was started).
+        """
+
+    @abc.abstractmethod
+    def find(self, run_key: ids.RunKey) -> RunStatus | None:
+        """The run started under this key, or None if none was."""

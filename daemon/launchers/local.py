@@ -1,0 +1,164 @@
+"""The local launcher: one child process per run, running the pipeline with ``kfp.local``.
+
+``kfp.local`` keeps its configuration in process-global state and a training run takes minutes, so each
+run is ``python -m pipelines.local_run spec.json`` in its own process group, in its own folder under
+``kfp.local_pipeline_root/RUN_KEY/``:
+
+- ``spec.json`` (written before the child starts), ``pid.json`` (its process id and start time),
+  ``log.txt`` (its output) and ``outcome.json`` (written atomically by the child when it ends);
+- the folder is the run's identity: a second submit of the same run key finds it and starts nothing;
+- after a daemon restart, ``find`` re-attaches to a child that still runs (same pid *and* same start time,
+  so a recycled pid is not mistaken for it) or reports the run abandoned if the child died without an
+  outcome. Running children are left alone on shutdown.
+
+Capacity is limited (``kfp.local_max_concurrent_runs``, one by default on a laptop).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from daemon import errors, logs
+from daemon.launchers import base
+from daemon.model import ids, runs
+
+log = logs.get_logger(__name__)
+
+#: Children this process started, by pid, so that finished ones are reaped (no zombies) whichever launcher
+#: instance asks, and running ones are not garbage-collected while they run.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _reap() -> None:
+    for pid, child in list(_CHILDREN.items()):
+        if child.poll() is not None:
+            del _CHILDREN[pid]
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of a process (field 22 of /proc/PID/stat), or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after its closing parenthesis.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    state = fields[0] if fields else "X"
+    if state in ("Z", "X"):  # a zombie has finished
+        return None
+    return fields[19] if len(fields) > 19 else None
+
+
+class LocalLauncher(base.Launcher):
+    """Runs pipelines as child processes on this machine.
+
+    Args:
+        root: folder holding one sub-folder per run.
+        max_concurrent: children allowed at once.
+        command: what runs a spec (the spec path is appended).
+        env: the children's environment (credentials for S3 and MLflow come from here).
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        max_concurrent: int = 1,
+        command: Sequence[str] = (sys.executable, "-m", "pipelines.local_run"),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root = root
+        self.max_concurrent = max_concurrent
+        self.command = list(command)
+        self.env = dict(env) if env is not None else None
+
+    def folder(self, run_key: ids.RunKey) -> Path:
+        return self.root / run_key
+
+    def running(self) -> list[ids.RunKey]:
+        """Run keys whose child process is alive."""
+        if not self.root.is_dir():
+            return []
+        alive = []
+        for folder in sorted(self.root.iterdir()):
+            status = self.find(ids.RunKey(folder.name))
+            if status is not None and status.state is runs.RunState.RUNNING:
+                alive.append(status.run_key)
+        return alive
+
+    def submit(self, run_key: ids.RunKey, spec: dict[str, Any]) -> base.RunStatus:
+        existing = self.find(run_key)
+        if existing is not None:
+            log.info("run_already_submitted", run_key=run_key, state=existing.state.value)
+            return existing
+        active = self.running()
+        if len(active) >= self.max_concurrent:
+            raise errors.TemporaryError(
+                f"local launcher at capacity ({len(active)}/{self.max_concurrent} runs: {', '.join(active)}); "
+                f"run {run_key} waits"
+            )
+        folder = self.folder(run_key)
+        folder.mkdir(parents=True, exist_ok=True)
+        spec_path = folder / "spec.json"
+        tmp = folder / "spec.json.tmp"
+        tmp.write_text(json.dumps({**spec, "pipeline_root": str(folder / "kfp")}, indent=2))
+        os.replace(tmp, spec_path)
+        with (folder / "log.txt").open("ab") as out:
+            child = subprocess.Popen(
+                [*self.command, str(spec_path)],
+                cwd=folder,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,  # SIGTERM to the daemon leaves the run alone
+            )
+        _CHILDREN[child.pid] = child
+        started = _start_time(child.pid)
+        (folder / "pid.json").write_text(json.dumps({"pid": child.pid, "start_time": started}))
+        log.info("run_started", run_key=run_key, pid=child.pid, folder=str(folder))
+        return base.RunStatus(run_key=run_key, state=runs.RunState.RUNNING, backend_run_id=f"pid:{child.pid}")
+
+    def find(self, run_key: ids.RunKey) -> base.RunStatus | None:
+        folder = self.folder(run_key)
+        if not (folder / "spec.json").exists():
+            return None
+        _reap()
+        outcome_path = folder / "outcome.json"
+        pid_info = json.loads((folder / "pid.json").read_text()) if (folder / "pid.json").exists() else {}
+        backend_id = f"pid:{pid_info.get('pid', '?')}"
+        if outcome_path.exists():
+            outcome = json.loads(outcome_path.read_text())
+            state = runs.RunState.SUCCEEDED if outcome.get("state") == "succeeded" else runs.RunState.FAILED
+            return base.RunStatus(
+                run_key=run_key,
+                state=state,
+                backend_run_id=backend_id,
+                output=outcome.get("output") or {},
+                error=outcome.get("error"),
+            )
+        pid = pid_info.get("pid")
+        if pid is not None and pid_info.get("start_time") is not None and _start_time(pid) == pid_info["start_time"]:
+            return base.RunStatus(run_key=run_key, state=runs.RunState.RUNNING, backend_run_id=backend_id)
+        if pid is None:
+            # Spec written but the child never recorded: a crash between the two. Treat as abandoned.
+            return base.RunStatus(
+                run_key=run_key,
+                state=runs.RunState.ABANDONED,
+                backend_run_id=backend_id,
+                error="the run's process was never recorded (the daemon stopped while starting it)",
+            )
+        return base.RunStatus(
+            run_key=run_key,
+            state=runs.RunState.ABANDONED,
+            backend_run_id=backend_id,
+            error=f"process {pid} ended without an outcome (killed or crashed); see {folder / 'log.txt'}",
+        )
