@@ -16,21 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
 	@touch $(STAMP)
 
-# Until the daemon loop exists (`retrain up`), `make run` shows the parts that do, and says so.
+# The first five minutes: the daemon on its embedded laptop set-up (a watched folder under .retrain/demo,
+# the kfp.local launcher, MLflow on a SQLite file), fed two batches of generated data. Ctrl-C stops it.
 run: install
-	@echo "== retrain-daemon: what works in this version =="
-	@$(BIN)/retrain --version
-	@echo; echo "== 1. Validate the rule files in rules/ (retrain rules check) =="
-	@$(BIN)/retrain rules check
-	@echo; echo "== 2. What the 'pets' rule sees and would decide now (retrain explain pets) =="
-	@$(BIN)/retrain explain pets
-	@echo; echo "== 3. Compile the training pipeline for the 'pets' rule to KFP IR YAML (upload it in the KFP UI) =="
-	@mkdir -p .retrain && $(BIN)/retrain pipeline compile --rule pets -o .retrain/pets-pipeline.yaml
-	@echo; echo "== 4. Effective settings: embedded laptop defaults, secrets shown as ********** =="
-	@$(BIN)/retrain config show
-	@echo; echo "== Not built yet: the daemon loop that runs sources, rules and pipelines. 'retrain up' says so: =="
-	@$(BIN)/retrain up || true
-	@echo; echo "== README.md says what each command does and what comes next. =="
+	@$(BIN)/python -m daemon.demo
 
 lint: install
 	$(BIN)/ruff check .

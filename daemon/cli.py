@@ -92,9 +92,22 @@ def main(
 
 
 @main.command()
-def up() -> None:
-    """Run the daemon: sources, rule engine, launcher, run watcher and HTTP endpoints."""
-    _not_available("up", "the daemon loop")
+@click.pass_context
+def up(ctx: click.Context) -> None:
+    """Run the daemon: sources, rule engine, launcher, run watcher. Stops cleanly on SIGTERM/SIGINT."""
+    import signal
+
+    from daemon import reactor
+
+    daemon = reactor.Reactor(_settings(ctx))
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logs.get_logger(__name__).info("daemon_stopping", signal=signal.Signals(signum).name)
+        daemon.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    daemon.run()
 
 
 @main.group()
@@ -151,17 +164,45 @@ def explain(ctx: click.Context, rule: str, history: int) -> None:
 
 
 @main.command()
-def status() -> None:
+@click.pass_context
+def status(ctx: click.Context) -> None:
     """Show rules with pending data, active runs, recent decisions and the champion of each model."""
-    _not_available("status", "the daemon loop")
+    config = _settings(ctx)
+    if not config.journal.path.exists():
+        click.echo(f"no journal at {config.journal.path}: the daemon has not run yet")
+        sys.exit(1)
+    loaded = loading.load_paths([config.rules.path])
+    journal = sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
+    try:
+        for line in explaining.status(loaded.rules, journal, now=datetime.now(UTC)):
+            click.echo(line)
+    finally:
+        journal.close()
 
 
 @main.command()
 @click.argument("rule")
 @click.option("--reason", default="manual trigger", show_default=True, help="Why, recorded in the journal.")
-def trigger(rule: str, reason: str) -> None:
-    """Launch RULE now, through the same path (and the same dedupe) as an automatic trigger."""
-    _not_available("trigger", "the daemon loop")
+@click.pass_context
+def trigger(ctx: click.Context, rule: str, reason: str) -> None:
+    """Launch RULE now, through the same path (and the same dedupe) as an automatic trigger.
+
+    The request is journaled; the running daemon answers it on its next pass (cooldown does not apply,
+    concurrency and the already-trained-snapshot check do).
+    """
+    import getpass
+
+    config = _settings(ctx)
+    loaded = loading.load_paths([config.rules.path])
+    if rule not in loaded.rules:
+        click.echo(f"retrain trigger: no valid rule {rule!r} in {config.rules.path}", err=True)
+        sys.exit(1)
+    journal = sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
+    try:
+        request = journal.request_manual(rule, reason=reason, actor=getpass.getuser(), at=datetime.now(UTC))
+    finally:
+        journal.close()
+    click.echo(f"manual trigger for {rule} journaled ({request[:12]}); the daemon answers it on its next pass")
 
 
 @main.command()

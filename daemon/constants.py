@@ -25,3 +25,5 @@ TAG_GATE_DECISION: Final = "retrain.gate.decision"
 TAG_GATE_REASON: Final = "retrain.gate.reason"
 #: Prefix of the metric tags on model versions: ``retrain.metric.map50_95``.
 TAG_METRIC_PREFIX: Final = "retrain.metric."
+#: Prefix of the progress lines a pipeline child prints (one JSON object per epoch) for the daemon's log.
+PROGRESS_MARK: Final = "RETRAIN_PROGRESS "

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from daemon.engine import deciding
 from daemon.journal import base
-from daemon.model import decisions, durations
+from daemon.model import decisions, durations, runs
 from daemon.rules import loading
 
 
@@ -73,3 +73,47 @@ def explain(
     for record in recent:
         target = f" {record.run_key}" if record.run_key else ""
         yield f"  {record.at:%Y-%m-%d %H:%M:%S} {record.outcome.upper()}{target} [{record.code}] {record.reason}"
+
+
+def status(
+    loaded_rules: dict[str, loading.LoadedRule], journal: base.Journal, *, now: datetime, decisions_per_rule: int = 3
+) -> Iterator[str]:
+    """Lines of ``retrain status``: rules, active runs, recent decisions, champions."""
+    yield "rules:"
+    models: set[str] = set()
+    for name, loaded in sorted(loaded_rules.items()):
+        rule = loaded.rule
+        models.add(rule.model.registered_name)
+        st = journal.rule_state(rule, now=now)
+        decision = deciding.decide(rule, st, now)
+        when = ""
+        if isinstance(decision, decisions.Skip) and decision.next_check_at is not None:
+            when = f"; next possible fire {decision.next_check_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+        verdict = (
+            f"LAUNCH {decision.run_key}" if isinstance(decision, decisions.Launch) else f"waiting [{decision.code}]"
+        )
+        pending = f"{st.pending.labels} new labels, {st.pending.images} new images"
+        yield f"  {name}: {pending}; {verdict}: {decision.reason}{when}"
+        for record in journal.decisions(name, limit=decisions_per_rule):
+            yield f"    {record.at:%Y-%m-%d %H:%M:%S} {record.outcome} [{record.code}] {record.reason}"
+    active = journal.runs(states=runs.ACTIVE, limit=100)
+    yield f"active runs ({len(active)}):"
+    for run in active:
+        yield f"  {run.run_key} ({run.rule}) {run.state} since {_when(run.updated_at, now)}: {run.reason}"
+    finished = [r for r in journal.runs(limit=10) if r.state.final]
+    yield "recent runs:"
+    for run in finished[:5]:
+        outcome = run.promotion.get("decision", "") if run.promotion else ""
+        score = run.metrics.get("map50_95")
+        figure = f" map50_95={score:.4f}" if isinstance(score, int | float) else ""
+        yield f"  {run.run_key} {run.state}{figure} {outcome} {run.error or run.promotion.get('reason', '')}".rstrip()
+    yield "champions:"
+    for model in sorted(models):
+        moves = [p for p in journal.promotions(model, limit=20) if p.kind in ("promoted", "rollback")]
+        if not moves:
+            yield f"  {model}: none yet"
+            continue
+        top = moves[0]
+        score = top.metrics.get("map50_95")
+        figure = f"map50_95={score:.4f}, " if isinstance(score, int | float) else ""
+        yield f"  {model}: v{top.version} ({figure}{top.kind} {_when(top.at, now)} by {top.actor}: {top.reason})"

@@ -39,12 +39,7 @@ def test_help_lists_every_command_of_the_product() -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [
-        ("up",),
-        ("status",),
-        ("trigger", "pets"),
-        ("rollback", "pets-detector"),
-    ],
+    [("rollback", "pets-detector"), ("rollback", "pets-detector", "--to", "3")],
 )
 def test_commands_not_built_yet_say_so_and_fail(args: tuple[str, ...], tmp_path: Path) -> None:
     result = subprocess.run([RETRAIN, *args], capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
@@ -76,3 +71,20 @@ def test_python_dash_m_daemon_is_retrain() -> None:
         [sys.executable, "-m", "daemon", "--version"], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.stdout.strip() == f"retrain, version {daemon.__version__}"
+
+
+def test_trigger_journals_a_request_and_status_shows_it(tmp_path: Path) -> None:
+    env = {"RETRAIN_JOURNAL__PATH": str(tmp_path / "journal.db")}
+    assert "has not run yet" in run("status", env=env).stdout
+    result = run("trigger", "pets", "--reason", "new camera", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "manual trigger for pets journaled" in result.stdout
+    status = run("status", env=env)
+    assert status.returncode == 0, status.stderr
+    # The request waits for the running daemon; status says what pets would do with it now.
+    assert (
+        "pets: 0 new labels, 0 new images; waiting [empty_dataset]: dataset is empty: manual trigger by"
+        in status.stdout
+    )
+    assert "pets-detector: none yet" in status.stdout
+    assert run("trigger", "nope", env=env).returncode == 1

@@ -75,7 +75,7 @@ class LocalLauncher(base.Launcher):
         command: Sequence[str] = (sys.executable, "-m", "pipelines.local_run"),
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self.root = root
+        self.root = root.resolve()  # children run in their own folders: relative paths would break
         self.max_concurrent = max_concurrent
         self.command = list(command)
         self.env = dict(env) if env is not None else None

@@ -108,9 +108,10 @@ class FolderSource(FileSystemEventHandler):
         self._settling_lock = threading.Lock()
         self._stopping = threading.Event()
         self._rescan_now = threading.Event()
+        self._overflowed = threading.Event()
         self._observer: BaseObserver | None = None
         self._threads: list[threading.Thread] = []
-        self._alarm = _OverflowAlarm(self._rescan_now)
+        self._alarm = _OverflowAlarm(self._overflowed)
 
     # --- turning files into events ----------------------------------------------------------------
     def _relative(self, path: str | bytes) -> str | None:
@@ -324,10 +325,13 @@ class FolderSource(FileSystemEventHandler):
             try:
                 self.check_settled()
                 self.flush()
+                if self._overflowed.is_set():
+                    # inotify dropped events: a gap, which the rescan below closes.
+                    log.warning("folder_rescan_after_overflow", dataset=self.location.name)
+                    self.sink.board.add(self.name, gaps=1)
+                    self._overflowed.clear()
+                    self._rescan_now.set()
                 if self._rescan_now.is_set() or time.monotonic() >= next_rescan:
-                    if self._rescan_now.is_set():
-                        log.warning("folder_rescan_after_overflow", dataset=self.location.name)
-                        self.sink.board.add(self.name, gaps=1)
                     self._rescan_now.clear()
                     self.rescan()
                     next_rescan = time.monotonic() + self.rescan_interval_s

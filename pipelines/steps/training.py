@@ -7,12 +7,15 @@ file, a ``*.yaml`` model config (random init) or an MLflow model. Nothing is dow
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from daemon import constants
 
 
 def prepare_offline(config_dir: Path | None = None) -> Path:
@@ -125,6 +128,12 @@ def train_tracked(
                 _metric_name(k): float(v) for k, v in trainer.label_loss_items(trainer.tloss, prefix="train").items()
             }
             mlflow.log_metrics(values, step=int(trainer.epoch) + 1)
+            # Ultralytics calls this once more after the last epoch, for the best weights' final validation.
+            epoch = int(trainer.epoch) + 1
+            progress: dict[str, Any] = {"epoch": epoch, "epochs": epochs} if epoch <= epochs else {"final": "best.pt"}
+            progress["map50_95"] = round(float(trainer.metrics.get("metrics/mAP50-95(B)", 0.0)), 4)
+            progress["map50"] = round(float(trainer.metrics.get("metrics/mAP50(B)", 0.0)), 4)
+            print(constants.PROGRESS_MARK + json.dumps(progress), flush=True)
 
         weights = train(
             on_epoch=log_epoch,

@@ -1,0 +1,444 @@
+"""The reactor: wires sources, journal, engine and launcher into the long-running daemon (`retrain up`).
+
+One place starts everything and handles stopping:
+
+1. start-up recovery: every run the journal holds as intended/submitted/running is resolved against the
+   launcher by its run key (an intent that never reached the launcher is submitted now; a run that the
+   launcher knows is recorded; a run whose process died is abandoned), then sources start with a scan;
+2. the loop, once per ``tick_s``: reload changed rule files (and re-sync schedules and folders), run due
+   drift checks and reconciles, decide for every rule (launch: intent journaled first, then the manifest,
+   then the launcher), and watch active runs until their outcome is journaled;
+3. stop (SIGTERM/SIGINT): take no new work, finish the journal write in progress, leave running pipelines
+   alone (the next start re-attaches), and return within ``shutdown.timeout_s``.
+
+Every failure inside the loop becomes a log line (and a journaled outcome where it concerns a run); only a
+stop ends the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from daemon import __version__, constants, errors, logs, settings
+from daemon.engine import deciding
+from daemon.journal import base as journal_base
+from daemon.journal import sqlite
+from daemon.launchers import base as launcher_base
+from daemon.launchers import local
+from daemon.model import decisions, ids, rules, runs
+from daemon.registry import mlflow as registry
+from daemon.rules import reloading
+from daemon.sources import base as source_base
+from daemon.sources import datasets, drifting, listening, reconciling, s3, scheduling, watching
+
+log = logs.get_logger(__name__)
+
+PROGRESS_MARK = constants.PROGRESS_MARK
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def child_environment(config: settings.Settings, environ: Mapping[str, str] | None) -> dict[str, str]:
+    """The environment of pipeline children: the daemon's, with the S3 credentials as AWS_* variables
+    (what the pipeline's materialize step reads, as it does from a Kubernetes Secret on the cluster)."""
+    env = dict(os.environ if environ is None else environ)
+    s3 = config.sources.s3
+    if s3.access_key is not None:
+        env["AWS_ACCESS_KEY_ID"] = s3.access_key.get_secret_value()
+    if s3.secret_key is not None:
+        env["AWS_SECRET_ACCESS_KEY"] = s3.secret_key.get_secret_value()
+    return env
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """A relative ``sqlite:///path`` made absolute: pipeline children run in their own folders."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+class Reactor:
+    """The daemon. ``run()`` blocks until ``stop()``.
+
+    Args:
+        config: the settings.
+        clock: the current time (aware).
+        tick_s: seconds between two passes of the loop.
+        environ: the environment pipeline children inherit (default: this process's).
+    """
+
+    def __init__(
+        self,
+        config: settings.Settings,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        tick_s: float = 1.0,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.tick_s = tick_s
+        self._stopping = threading.Event()
+        registry.configure(config.mlflow)
+        self.journal = sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
+        self.board = source_base.StatusBoard()
+        self.sink = source_base.EventSink(journal=self.journal, board=self.board, clock=clock)
+        self.rulebook = reloading.RuleBook(config.rules.path)
+        self.runs_root = config.kfp.local_pipeline_root
+        self.launcher: launcher_base.Launcher = local.LocalLauncher(
+            root=self.runs_root,
+            max_concurrent=config.kfp.local_max_concurrent_runs,
+            env=child_environment(config, environ),
+        )
+        self.tracking_uri = absolute_tracking_uri(config.mlflow.tracking_uri)
+        self.schedules = scheduling.ScheduleSource(journal=self.journal, board=self.board, clock=clock)
+        self.drift = drifting.DriftChecker(
+            journal=self.journal,
+            board=self.board,
+            clock=clock,
+            metrics=registry.MlflowMetrics(tracking_uri=self.tracking_uri, registry_uri=config.mlflow.registry_uri),
+        )
+        self.folders: dict[str, watching.FolderSource] = {}
+        self.reconcilers: dict[str, reconciling.S3Reconciler] = {}
+        self.listeners: dict[str, listening.MinioListener] = {}
+        self._store: s3.S3Store | None = None
+        self._reconcile_now = threading.Event()
+        self._http: Any = None
+        self._threads: list[threading.Thread] = []
+        self._progress: dict[str, int] = {}
+        self.last_loop_at: datetime | None = None
+
+    # --- life cycle ---------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to end (signal handlers call this)."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def run(self) -> None:
+        log.info("daemon_starting", version=__version__, journal=str(self.config.journal.path))
+        self.rulebook.refresh()
+        self.recover()
+        self._sync_sources()
+        self.schedules.start()
+        self.schedules.catch_up({n: r.rule for n, r in self.rulebook.rules.items()}, now=self.clock())
+        self._start_background()
+        log.info("daemon_started", rules=sorted(self.rulebook.rules))
+        try:
+            while not self._stopping.is_set():
+                self.step()
+                self._stopping.wait(self.tick_s)
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        deadline = time.monotonic() + self.config.shutdown.timeout_s
+        self.schedules.stop()
+        for source in self.folders.values():
+            source.stop(timeout_s=max(0.1, deadline - time.monotonic()))
+        for listener in self.listeners.values():
+            listener.stop(timeout_s=max(0.1, deadline - time.monotonic()))
+        if self._http is not None:
+            self._http.should_exit = True
+        self._reconcile_now.set()
+        for thread in self._threads:
+            thread.join(max(0.1, deadline - time.monotonic()))
+        self.journal.close()
+        log.info("daemon_stopped", note="running pipelines are left alone; the next start re-attaches")
+
+    def step(self) -> None:
+        """One pass of the loop; never raises for a bad rule, a source or a run."""
+        try:
+            if self.rulebook.refresh().changed:
+                self._sync_sources()
+            rule_map = {name: loaded.rule for name, loaded in self.rulebook.rules.items()}
+            self.drift.run_due(rule_map)
+            for rule in rule_map.values():
+                if self._stopping.is_set():
+                    return
+                self.decide(rule)
+            self.watch()
+        except errors.RetrainError as exc:
+            log.warning("loop_step_failed", error=str(exc), action="will retry next tick")
+        self.last_loop_at = self.clock()
+
+    def _sync_sources(self) -> None:
+        rule_map = {name: loaded.rule for name, loaded in self.rulebook.rules.items()}
+        self.schedules.sync(rule_map)
+        found, problems = datasets.locations(rule_map.values())
+        for problem in problems:
+            log.warning("dataset_conflict", error=problem.render())
+        for name, location in found.items():
+            if location.path is not None and name not in self.folders:
+                source = watching.FolderSource(
+                    location=location,
+                    sink=self.sink,
+                    clock=self.clock,
+                    polling=self.config.sources.folder_polling,
+                    poll_interval_s=self.config.sources.folder_poll_interval_s,
+                    rescan_interval_s=self.config.sources.folder_rescan_interval_s,
+                )
+                source.start()
+                self.folders[name] = source
+                log.info("folder_watched", dataset=name, path=str(location.path))
+            elif location.bucket is not None and name not in self.reconcilers:
+                store = self._s3_store()
+                if store is None:
+                    log.error(
+                        "s3_dataset_not_watched",
+                        dataset=name,
+                        reason="an s3:// dataset needs sources.s3.endpoint (RETRAIN_SOURCES__S3__ENDPOINT)",
+                    )
+                    continue
+                self.reconcilers[name] = reconciling.S3Reconciler(
+                    store=store, location=location, sink=self.sink, clock=self.clock
+                )
+                self._reconcile_now.set()
+                if self.config.sources.minio_listen and location.bucket not in self.listeners:
+                    listener = listening.MinioListener(
+                        client=store.client,
+                        endpoint=store.endpoint,
+                        bucket=location.bucket,
+                        locations=self._locations,
+                        sink=self.sink,
+                        on_gap=lambda bucket: self._reconcile_now.set(),
+                    )
+                    listener.start()
+                    self.listeners[location.bucket] = listener
+        for name in set(self.folders) - set(found):
+            self.folders.pop(name).stop()
+        for name in set(self.reconcilers) - set(found):
+            del self.reconcilers[name]
+
+    def _locations(self) -> dict[str, datasets.DatasetLocation]:
+        found, _ = datasets.locations(loaded.rule for loaded in self.rulebook.rules.values())
+        return found
+
+    def _s3_store(self) -> s3.S3Store | None:
+        if self._store is None and self.config.sources.s3.endpoint:
+            self._store = s3.S3Store(s3.make_client(self.config.sources.s3), endpoint=self.config.sources.s3.endpoint)
+        return self._store
+
+    def _start_background(self) -> None:
+        """The reconcile thread and, with a webhook token, the HTTP server."""
+        thread = threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        token = self.config.sources.webhook_token
+        if token is not None:
+            import uvicorn
+
+            from daemon.http import app as http_app
+            from daemon.sources import webhook
+
+            receiver = webhook.WebhookReceiver(
+                token=token.get_secret_value(),
+                max_body_bytes=self.config.sources.webhook_max_body_bytes,
+                sink=self.sink,
+                locations=self._locations,
+            )
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    http_app.create_app(receiver=receiver),
+                    host=self.config.http.host,
+                    port=self.config.http.port,
+                    log_level="warning",
+                )
+            )
+            http_thread = threading.Thread(target=server.run, name="http", daemon=True)
+            http_thread.start()
+            self._http = server
+            self._threads.append(http_thread)
+            log.info("http_listening", host=self.config.http.host, port=self.config.http.port)
+
+    def _reconcile_loop(self) -> None:
+        """Reconcile every S3 dataset at start-up, every reconcile_interval_s, and after a listen gap."""
+        while not self._stopping.is_set():
+            self._reconcile_now.clear()
+            for name, reconciler in list(self.reconcilers.items()):
+                if self._stopping.is_set():
+                    return
+                try:
+                    reconciler.run_once()
+                except errors.RetrainError as exc:
+                    log.warning("reconcile_failed", dataset=name, error=str(exc), action="retry next interval")
+            self._reconcile_now.wait(self.config.sources.reconcile_interval_s)
+
+    # --- deciding and launching ---------------------------------------------------------------------
+    def decide(self, rule: rules.Rule) -> decisions.Decision:
+        now = self.clock()
+        with logs.bound(rule=rule.name):
+            decision = deciding.decide(rule, self.journal.rule_state(rule, now=now), now)
+            if isinstance(decision, decisions.Skip):
+                previous = self.journal.decisions(rule.name, limit=1)
+                self.journal.record_skip(decision, at=now)
+                if not previous or previous[0].code != decision.code.value:
+                    log.info("rule_waiting", code=decision.code.value, reason=decision.reason)
+                return decision
+            if not self.journal.record_intent(decision, at=now):
+                return decision
+            log.info("rule_fired", run_key=decision.run_key, trigger=decision.trigger, reason=decision.reason)
+            self.submit(rule, decision.run_key)
+            return decision
+
+    def spec_for(self, rule: rules.Rule, run: runs.RunRecord) -> dict[str, Any]:
+        """The launcher spec of a run: its manifest file, written from the journal, and the arguments."""
+        from pipelines import training
+
+        folder = self.runs_root / run.run_key
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest_path = folder / "manifest.json"
+        items = self.journal.snapshot_of(run.snapshot) if run.snapshot else []
+        manifest = {
+            "dataset": rule.dataset_name,
+            "source": rule.dataset.source,
+            "fingerprint": run.snapshot or "",
+            "items": [list(item) for item in items or []],
+            "classes": rule.dataset.classes,
+        }
+        manifest_path.write_text(json.dumps(manifest))
+        s3 = self.config.sources.s3
+        return {
+            "image": self.config.kfp.trainer_image,
+            "shape": dataclasses.asdict(training.Shape.of(rule)),
+            "pipeline": self.config.pipeline.model_dump(mode="json") | {"retries": 0},
+            "arguments": training.arguments(
+                rule=rule,
+                run_key=run.run_key,
+                manifest_uri=f"file://{manifest_path.resolve()}",
+                mlflow_tracking_uri=self.tracking_uri,
+                s3_endpoint=s3.endpoint or "",
+                s3_secure=s3.secure,
+                code_version=__version__,
+            ),
+        }
+
+    def submit(self, rule: rules.Rule, run_key: ids.RunKey) -> None:
+        run = self.journal.get_run(run_key)
+        if run is None:
+            return
+        try:
+            status = self.launcher.submit(run_key, self.spec_for(rule, run))
+        except errors.TemporaryError as exc:
+            log.info("run_waiting_for_launcher", run_key=run_key, reason=str(exc))
+            return
+        self.journal.update_run(
+            run_key,
+            runs.RunState.RUNNING,
+            at=self.clock(),
+            backend=self.launcher.name,
+            backend_run_id=status.backend_run_id,
+        )
+
+    # --- watching and recovering --------------------------------------------------------------------
+    def watch(self) -> None:
+        """Move active runs forward from what the launcher knows; journal outcomes."""
+        rule_map = self.rulebook.rules
+        for run in self.journal.runs(states=runs.ACTIVE, limit=1000):
+            with logs.bound(rule=run.rule, run_key=run.run_key):
+                status = self.launcher.find(run.run_key)
+                if status is None:
+                    loaded = rule_map.get(run.rule)
+                    if loaded is None:
+                        self.journal.update_run(
+                            run.run_key, runs.RunState.ABANDONED, at=self.clock(), error="its rule no longer exists"
+                        )
+                        log.warning("run_abandoned", reason="rule removed before the run could start")
+                    else:
+                        self.submit(loaded.rule, run.run_key)  # an intent the launcher never received
+                    continue
+                self._report_progress(run.run_key)
+                if status.state is runs.RunState.RUNNING:
+                    if run.state is not runs.RunState.RUNNING:
+                        self.journal.update_run(
+                            run.run_key,
+                            runs.RunState.RUNNING,
+                            at=self.clock(),
+                            backend=self.launcher.name,
+                            backend_run_id=status.backend_run_id,
+                        )
+                    continue
+                self.finish(run, status)
+
+    def finish(self, run: runs.RunRecord, status: launcher_base.RunStatus) -> None:
+        now = self.clock()
+        output = status.output
+        promotion: dict[str, Any] = {
+            k: output[k] for k in ("decision", "reason", "version", "previous_champion") if k in output
+        }
+        self.journal.update_run(
+            run.run_key,
+            status.state,
+            at=now,
+            backend=self.launcher.name,
+            backend_run_id=status.backend_run_id,
+            metrics=output.get("candidate") or {},
+            promotion=promotion,
+            error=status.error,
+        )
+        if status.state is runs.RunState.SUCCEEDED and promotion:
+            model = str(output.get("model", ""))
+            self.journal.record_promotion(
+                journal_base.PromotionRecord(
+                    model=model,
+                    version=promotion.get("version"),
+                    previous_version=promotion.get("previous_champion"),
+                    run_key=run.run_key,
+                    kind=str(promotion.get("decision")),
+                    actor="daemon",
+                    reason=str(promotion.get("reason")),
+                    metrics=output.get("candidate") or {},
+                    at=now,
+                )
+            )
+            log.info(
+                "run_succeeded",
+                model=model,
+                version=promotion.get("version"),
+                decision=promotion.get("decision"),
+                reason=promotion.get("reason"),
+            )
+        else:
+            log.warning("run_ended", state=status.state.value, error=errors.truncate(status.error or ""))
+
+    def _report_progress(self, run_key: str) -> None:
+        """Log the training progress lines the pipeline child printed since last time."""
+        path = self.runs_root / run_key / "log.txt"
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            return
+        seen = self._progress.get(run_key, 0)
+        for line in lines[seen:]:
+            if PROGRESS_MARK in line:
+                try:
+                    progress = json.loads(line.split(PROGRESS_MARK, 1)[1])
+                except ValueError:
+                    continue
+                log.info("training_progress", run_key=run_key, **progress)
+        self._progress[run_key] = len(lines)
+
+    def recover(self) -> None:
+        """Resolve every active run of the journal against the launcher (start-up, before anything new)."""
+        for run in self.journal.runs(states=runs.ACTIVE, limit=1000):
+            status = self.launcher.find(run.run_key)
+            log.info(
+                "run_recovered",
+                run_key=run.run_key,
+                journal_state=run.state.value,
+                launcher_state=status.state.value if status else "never submitted",
+            )
+        self.watch()
