@@ -1,7 +1,7 @@
 """The ``retrain`` command line: the top layer, where settings are built and logging is configured.
 
-Commands that this version does not implement yet say so and exit with status 3 (:data:`EXIT_NOT_AVAILABLE`);
-they never pretend to work. Configuration errors exit with status 2 and list every problem found.
+Configuration errors exit with status 2 and list every problem found; a command that cannot do its work
+(an unknown rule, an unreachable service) exits with status 1 and says why.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
 
 import click
 import yaml
@@ -19,8 +18,6 @@ from daemon import __version__, errors, explaining, logs, settings
 from daemon.journal import base, sqlite
 from daemon.rules import loading
 
-#: Exit status of a command that is part of the product but not available in this version.
-EXIT_NOT_AVAILABLE = 3
 #: Exit status when the settings are invalid.
 EXIT_CONFIG = 2
 
@@ -30,15 +27,6 @@ def _settings(ctx: click.Context) -> settings.Settings:
     value = ctx.find_object(settings.Settings)
     assert value is not None, "the retrain group callback builds the settings first"
     return value
-
-
-def _not_available(command: str, arrives_with: str) -> NoReturn:
-    click.echo(
-        f"retrain {command}: not available yet in retrain-daemon {__version__} "
-        f"(it arrives with {arrives_with}). Nothing was done.",
-        err=True,
-    )
-    sys.exit(EXIT_NOT_AVAILABLE)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -208,9 +196,50 @@ def trigger(ctx: click.Context, rule: str, reason: str) -> None:
 @main.command()
 @click.argument("model")
 @click.option("--to", "to_version", help="Model version to make champion (default: the previous champion).")
-def rollback(model: str, to_version: str | None) -> None:
+@click.option("--reason", default="manual rollback", show_default=True, help="Why, recorded in MLflow and the journal.")
+@click.pass_context
+def rollback(ctx: click.Context, model: str, to_version: str | None, reason: str) -> None:
     """Move MODEL's 'champion' alias back, recording who and why."""
-    _not_available("rollback", "the daemon loop")
+    import getpass
+
+    from daemon.journal import base as journal_base
+    from daemon.registry import mlflow as registry
+
+    config = _settings(ctx)
+    registry.configure(config.mlflow)
+    mlflow = registry.MlflowRegistry(tracking_uri=config.mlflow.tracking_uri, registry_uri=config.mlflow.registry_uri)
+    try:
+        current = mlflow.champion(model)
+        target = to_version
+        if target is None:
+            earlier = [v for v in mlflow.promoted_versions(model) if current is None or int(v) < int(current)]
+            if not earlier:
+                click.echo(f"retrain rollback: {model} has no earlier promoted version than v{current}", err=True)
+                sys.exit(1)
+            target = earlier[-1]
+        actor = getpass.getuser()
+        mlflow.move_champion(model, target, actor=actor, reason=reason)
+    except errors.RetrainError as exc:
+        click.echo(f"retrain rollback: {exc}", err=True)
+        sys.exit(1)
+    journal = sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
+    try:
+        journal.record_promotion(
+            journal_base.PromotionRecord(
+                model=model,
+                version=target,
+                previous_version=current,
+                run_key=None,
+                kind="rollback",
+                actor=actor,
+                reason=reason,
+                metrics={},
+                at=datetime.now(UTC),
+            )
+        )
+    finally:
+        journal.close()
+    click.echo(f"{model}: champion moved from v{current} to v{target} by {actor} ({reason})")
 
 
 @main.group()

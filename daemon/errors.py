@@ -104,7 +104,3 @@ class ConfigErrors(PermanentError):
     def __init__(self, errors: list[ConfigError]) -> None:
         self.errors = list(errors)
         super().__init__("\n".join(e.render() for e in self.errors))
-
-
-class NotAvailableYet(PermanentError):
-    """A command or capability the product will have, but this version does not implement yet."""

@@ -156,6 +156,7 @@ class Reactor:
         self._reconcile_now.set()
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))
+        self.launcher.close()
         self.journal.close()
         log.info("daemon_stopped", note="running pipelines are left alone; the next start re-attaches")
 

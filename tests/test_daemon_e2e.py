@@ -90,7 +90,7 @@ def test_batches_trigger_exactly_the_implied_runs_and_the_champion_moves_only_up
         assert [r.state for r in all_runs] == [runs.RunState.SUCCEEDED, runs.RunState.SUCCEEDED]
         follow_up = all_runs[0]
         assert "30 new labels" in follow_up.reason
-        assert daemon.journal.event_count() == 150  # 75 images + 75 labels, each journaled once
+        assert daemon.journal.event_count() == 120  # 60 images + 60 labels, each journaled once
 
         promotions = daemon.journal.promotions("e2e-detector")[::-1]
         assert [p.kind for p in promotions][0] == "promoted"

@@ -40,3 +40,6 @@ class Launcher(abc.ABC):
     @abc.abstractmethod
     def find(self, run_key: ids.RunKey) -> RunStatus | None:
         """The run started under this key, or None if none was."""
+
+    def close(self) -> None:  # noqa: B027 - an optional hook, empty by default
+        """Release what the launcher holds; runs in progress are left alone."""

@@ -16,10 +16,12 @@ Capacity is limited (``kfp.local_max_concurrent_runs``, one by default on a lapt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,15 @@ class LocalLauncher(base.Launcher):
         self.max_concurrent = max_concurrent
         self.command = list(command)
         self.env = dict(env) if env is not None else None
+
+    def close(self) -> None:
+        """Reap children that have written their outcome and are exiting; running ones are left alone."""
+        deadline = time.monotonic() + 5
+        for pid, child in list(_CHILDREN.items()):
+            if child.poll() is None and (Path(f"/proc/{pid}/cwd") / "outcome.json").exists():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(max(0.0, deadline - time.monotonic()))
+        _reap()
 
     def folder(self, run_key: ids.RunKey) -> Path:
         return self.root / run_key

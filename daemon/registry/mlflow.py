@@ -82,3 +82,44 @@ class MlflowMetrics:
             raise self._fail(exc, f"reading run {version.run_id}") from exc
         value = run.data.metrics.get(metric)
         return float(value) if value is not None else None
+
+
+class MlflowRegistry:
+    """Moves the champion alias (rollback) and reads version history."""
+
+    def __init__(self, *, tracking_uri: str, registry_uri: str | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+
+    def _fail(self, exc: Exception, doing: str) -> errors.RetrainError:
+        if isinstance(exc, MlflowException) and str(exc.error_code) in _NOT_FOUND:
+            return errors.PermanentError(f"MLflow at {self.tracking_uri}: {doing}: {errors.truncate(str(exc))}")
+        return errors.ServiceUnavailable(service="MLflow", endpoint=self.tracking_uri, detail=f"{doing}: {exc}")
+
+    def champion(self, model: str) -> str | None:
+        """The champion's version, or None."""
+        try:
+            return str(self.client.get_model_version_by_alias(model, constants.CHAMPION_ALIAS).version)
+        except Exception as exc:
+            if MlflowMetrics._missing(exc):
+                return None
+            raise self._fail(exc, f"reading the champion of {model}") from exc
+
+    def promoted_versions(self, model: str) -> list[str]:
+        """Versions the gate promoted, oldest first."""
+        try:
+            found = self.client.search_model_versions(
+                f"name = '{model}' and tags.`{constants.TAG_GATE_DECISION}` = 'promoted'"
+            )
+        except Exception as exc:
+            raise self._fail(exc, f"listing versions of {model}") from exc
+        return [str(v.version) for v in sorted(found, key=lambda v: int(v.version))]
+
+    def move_champion(self, model: str, version: str, *, actor: str, reason: str) -> None:
+        """Point ``champion`` at ``version`` and tag the version with who moved it and why."""
+        try:
+            self.client.get_model_version(model, version)
+            self.client.set_registered_model_alias(model, constants.CHAMPION_ALIAS, version)
+            self.client.set_model_version_tag(model, version, "retrain.rollback", f"{actor}: {reason}")
+        except Exception as exc:
+            raise self._fail(exc, f"moving the champion of {model} to v{version}") from exc

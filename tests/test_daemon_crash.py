@@ -1,0 +1,125 @@
+"""SIGKILL the daemon at several points and restart it: no lost event, no duplicate run, the right champion."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.journal import sqlite
+from daemon.model import runs
+from pipelines import synthetic
+
+pytestmark = pytest.mark.slow
+
+RETRAIN = str(Path(sys.executable).with_name("retrain"))
+
+RULE = """
+name: crash
+dataset: {{source: "file://{data}", classes: [red-box, green-box, blue-box]}}
+model: {{registered_name: crash-detector, base: yolov8n.yaml}}
+triggers:
+  - new_labels: {{min_new_labels: 10, quiet_period: 4s, max_wait: 10m}}
+training: {{epochs: 2, imgsz: 128, batch: 16, gpus: 0}}
+promotion: {{first_model_min: 0.0}}
+limits: {{cooldown: 0s}}
+"""
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Daemon:
+    """`retrain up` as a real process, with its settings in the environment."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
+        self.env.update(
+            RETRAIN_JOURNAL__PATH=str(tmp / "journal.db"),
+            RETRAIN_RULES__PATH=str(tmp / "rules"),
+            RETRAIN_MLFLOW__TRACKING_URI=f"sqlite:///{tmp / 'mlflow.db'}",
+            RETRAIN_KFP__LOCAL_PIPELINE_ROOT=str(tmp / "runs"),
+            RETRAIN_LOGGING__FORMAT="json",
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        with (self.tmp / f"daemon-{self.starts}.log").open("wb") as log:
+            self.process = subprocess.Popen([RETRAIN, "up"], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(60)
+
+    def journal(self) -> sqlite.SqliteJournal:
+        return sqlite.SqliteJournal(self.tmp / "journal.db")
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "rules" / "crash.yaml").write_text(RULE.format(data=tmp_path / "data"))
+    d = Daemon(tmp_path)
+    yield d
+    if d.process is not None and d.process.poll() is None:
+        d.kill()
+
+
+def count(d: Daemon, what: Callable[[sqlite.SqliteJournal], int]) -> int:
+    if not (d.tmp / "journal.db").exists():
+        return 0
+    journal = d.journal()
+    try:
+        return what(journal)
+    finally:
+        journal.close()
+
+
+def test_killed_after_events_journaled_and_during_a_run(daemon: Daemon) -> None:
+    daemon.start()
+    synthetic.generate(daemon.tmp / "data", count=16, seed=1)
+    # 1. Killed after the events are journaled, before the quiet period ends: nothing is lost.
+    wait_until(lambda: count(daemon, lambda j: j.event_count()) == 32, 60, "32 journaled events")
+    daemon.kill()
+    assert count(daemon, lambda j: len(j.runs())) == 0
+    daemon.start()
+    # 2. Killed while the pipeline child trains: the child goes on, the restart re-attaches.
+    wait_until(lambda: count(daemon, lambda j: len(j.runs())) == 1, 120, "the run's intent")
+    wait_until(lambda: any((daemon.tmp / "runs").glob("*/pid.json")), 60, "the run's process")
+    daemon.kill()
+    daemon.start()
+    wait_until(lambda: count(daemon, lambda j: sum(r.state.final for r in j.runs())) == 1, 600, "the run's outcome")
+    time.sleep(6)  # nothing else may start: the data was consumed by the one run
+    journal = daemon.journal()
+    try:
+        [run] = journal.runs()
+        assert run.state is runs.RunState.SUCCEEDED
+        assert journal.event_count() == 32
+        [promotion] = journal.promotions("crash-detector")
+        assert (promotion.kind, promotion.version, promotion.run_key) == ("promoted", "1", run.run_key)
+    finally:
+        journal.close()
+    assert len(list((daemon.tmp / "runs").iterdir())) == 1
+    assert daemon.terminate() == 0  # SIGTERM: a clean stop
