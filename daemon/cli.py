@@ -214,7 +214,8 @@ def rollback(ctx: click.Context, model: str, to_version: str | None, reason: str
         if target is None:
             earlier = [v for v in mlflow.promoted_versions(model) if current is None or int(v) < int(current)]
             if not earlier:
-                click.echo(f"retrain rollback: {model} has no earlier promoted version than v{current}", err=True)
+                before = f" before v{current}" if current else ""
+                click.echo(f"retrain rollback: {model} has no promoted version to roll back to{before}", err=True)
                 sys.exit(1)
             target = earlier[-1]
         actor = getpass.getuser()

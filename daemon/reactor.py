@@ -174,6 +174,8 @@ class Reactor:
             self.watch()
         except errors.RetrainError as exc:
             log.warning("loop_step_failed", error=str(exc), action="will retry next tick")
+        except Exception:  # a bug or an unexpected library error must not stop the daemon
+            log.exception("loop_step_crashed", action="will retry next tick")
         self.last_loop_at = self.clock()
 
     def _sync_sources(self) -> None:
@@ -276,6 +278,8 @@ class Reactor:
                     reconciler.run_once()
                 except errors.RetrainError as exc:
                     log.warning("reconcile_failed", dataset=name, error=str(exc), action="retry next interval")
+                except Exception:  # keep the thread alive whatever the library raised
+                    log.exception("reconcile_crashed", dataset=name, action="retry next interval")
             self._reconcile_now.wait(self.config.sources.reconcile_interval_s)
 
     # --- deciding and launching ---------------------------------------------------------------------

@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import daemon
 
 RETRAIN = shutil.which("retrain") or str(Path(sys.executable).with_name("retrain"))
@@ -37,16 +35,22 @@ def test_help_lists_every_command_of_the_product() -> None:
     assert "compile" in run("pipeline", "--help").stdout
 
 
-@pytest.mark.parametrize(
-    "args",
-    [("rollback", "pets-detector"), ("rollback", "pets-detector", "--to", "3")],
-)
-def test_commands_not_built_yet_say_so_and_fail(args: tuple[str, ...], tmp_path: Path) -> None:
-    result = subprocess.run([RETRAIN, *args], capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
-    assert result.returncode == 3
-    assert "not available yet" in result.stderr
-    assert "Nothing was done" in result.stderr
-    assert list(tmp_path.iterdir()) == []
+def test_rollback_without_a_champion_says_so(tmp_path: Path) -> None:
+    env = {
+        "RETRAIN_MLFLOW__TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "RETRAIN_JOURNAL__PATH": str(tmp_path / "journal.db"),
+    }
+    result = subprocess.run(
+        [RETRAIN, "rollback", "pets-detector"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}, **env},
+    )
+    assert result.returncode == 1
+    assert "retrain rollback: pets-detector has no promoted version to roll back to" in result.stderr
 
 
 def test_config_show_hides_secrets() -> None:

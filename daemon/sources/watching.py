@@ -338,6 +338,9 @@ class FolderSource(FileSystemEventHandler):
             except errors.RetrainError as exc:
                 log.warning("folder_source_error", dataset=self.location.name, error=str(exc))
                 self.sink.board.update(self.name, last_error=str(exc))
+            except Exception as exc:  # keep watching whatever went wrong; the next rescan catches up
+                log.exception("folder_source_crashed", dataset=self.location.name)
+                self.sink.board.update(self.name, last_error=str(exc))
 
     # --- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
