@@ -81,6 +81,8 @@ def main() -> int:
     if not os.environ.get("DEMO_KEEP"):
         shutil.rmtree(DEMO, ignore_errors=True)
     data = (DEMO / "data").resolve()
+    (data / "images").mkdir(parents=True, exist_ok=True)
+    (data / "labels").mkdir(parents=True, exist_ok=True)
     rules_dir = DEMO / "rules"
     rules_dir.mkdir(parents=True, exist_ok=True)
     (rules_dir / "demo.yaml").write_text(RULE.format(data=data, epochs=epochs))

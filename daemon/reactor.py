@@ -194,7 +194,13 @@ class Reactor:
                     poll_interval_s=self.config.sources.folder_poll_interval_s,
                     rescan_interval_s=self.config.sources.folder_rescan_interval_s,
                 )
-                source.start()
+                try:
+                    source.start()
+                except errors.PermanentError as exc:
+                    log.error(
+                        "folder_not_watched", dataset=name, error=str(exc), action="retried on the next rule reload"
+                    )
+                    continue
                 self.folders[name] = source
                 log.info("folder_watched", dataset=name, path=str(location.path))
             elif location.bucket is not None and name not in self.reconcilers:

@@ -164,3 +164,12 @@ def test_polling_observer_for_network_volumes(tmp_path: Path, journal: sqlite.Sq
         assert journal.event_count() == 1
     finally:
         source.stop()
+
+
+def test_a_missing_folder_is_a_clear_error_and_is_not_created(tmp_path: Path, journal: sqlite.SqliteJournal) -> None:
+    from daemon import errors
+
+    source = make_source(tmp_path / "not-mounted", journal)
+    with pytest.raises(errors.PermanentError, match="dataset folder .*not-mounted of forklifts does not exist"):
+        source.start()
+    assert not (tmp_path / "not-mounted").exists()

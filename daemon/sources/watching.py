@@ -344,8 +344,16 @@ class FolderSource(FileSystemEventHandler):
 
     # --- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start watching, then scan once (anything that arrived while the daemon was down)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Start watching, then scan once (anything that arrived while the daemon was down).
+
+        Raises:
+            errors.PermanentError: the folder does not exist (a missing volume mount, a typo in the rule).
+        """
+        if not self.root.is_dir():
+            raise errors.PermanentError(
+                f"dataset folder {self.root} of {self.location.name} does not exist: check the rule's source and "
+                "the volume mount"
+            )
         logging.getLogger("watchdog").addHandler(self._alarm)
         observer = PollingObserver(timeout=self.poll_interval_s) if self.polling else Observer()
         observer.schedule(self, str(self.root), recursive=True)
