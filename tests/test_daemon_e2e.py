@@ -18,7 +18,7 @@ from daemon.model import runs
 from pipelines import synthetic
 from tests import services
 
-pytestmark = [pytest.mark.services, pytest.mark.slow]
+pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.timeout(900)]
 
 RULE = """
 name: shapes

@@ -27,7 +27,7 @@ from pipelines import synthetic, training
 from tests import services
 from tests.conftest import SHARED
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def make_rule(name: str, source: str, *, epochs: int, extra: str = "", classes: list[str] | None = None) -> rules.Rule:
