@@ -87,7 +87,11 @@ def up(ctx: click.Context) -> None:
 
     from daemon import reactor
 
-    daemon = reactor.Reactor(_settings(ctx))
+    try:
+        daemon = reactor.Reactor(_settings(ctx))
+    except errors.RetrainError as exc:
+        click.echo(f"retrain up: {exc}", err=True)
+        sys.exit(EXIT_CONFIG if isinstance(exc, errors.ConfigError) else 1)
 
     def on_signal(signum: int, _frame: object) -> None:
         logs.get_logger(__name__).info("daemon_stopping", signal=signal.Signals(signum).name)

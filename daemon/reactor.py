@@ -96,11 +96,7 @@ class Reactor:
         self.sink = source_base.EventSink(journal=self.journal, board=self.board, clock=clock)
         self.rulebook = reloading.RuleBook(config.rules.path)
         self.runs_root = config.kfp.local_pipeline_root
-        self.launcher: launcher_base.Launcher = local.LocalLauncher(
-            root=self.runs_root,
-            max_concurrent=config.kfp.local_max_concurrent_runs,
-            env=child_environment(config, environ),
-        )
+        self.launcher: launcher_base.Launcher = self._make_launcher(environ)
         self.tracking_uri = absolute_tracking_uri(config.mlflow.tracking_uri)
         self.schedules = scheduling.ScheduleSource(journal=self.journal, board=self.board, clock=clock)
         self.drift = drifting.DriftChecker(
@@ -109,6 +105,7 @@ class Reactor:
             clock=clock,
             metrics=registry.MlflowMetrics(tracking_uri=self.tracking_uri, registry_uri=config.mlflow.registry_uri),
         )
+        self.registry = registry.MlflowRegistry(tracking_uri=self.tracking_uri, registry_uri=config.mlflow.registry_uri)
         self.folders: dict[str, watching.FolderSource] = {}
         self.reconcilers: dict[str, reconciling.S3Reconciler] = {}
         self.listeners: dict[str, listening.MinioListener] = {}
@@ -117,7 +114,38 @@ class Reactor:
         self._http: Any = None
         self._threads: list[threading.Thread] = []
         self._progress: dict[str, int] = {}
+        self._backoff: dict[str, tuple[int, float]] = {}  # run key -> (failed polls, monotonic time of next poll)
+        self._overdue: set[str] = set()
         self.last_loop_at: datetime | None = None
+
+    def _make_launcher(self, environ: Mapping[str, str] | None) -> launcher_base.Launcher:
+        config = self.config
+        if config.kfp.launcher == "kfp":
+            if not config.kfp.host:
+                raise errors.ConfigError("launcher kfp needs kfp.host (RETRAIN_KFP__HOST)", field="kfp.host")
+            from daemon.launchers import kfp as kfp_launcher
+
+            return kfp_launcher.KfpLauncher(
+                host=config.kfp.host,
+                namespace=config.kfp.namespace,
+                token=config.kfp.token.get_secret_value() if config.kfp.token else None,
+                use_service_account_token=config.kfp.use_service_account_token,
+                package_for=self._package_for,
+            )
+        return local.LocalLauncher(
+            root=self.runs_root,
+            max_concurrent=config.kfp.local_max_concurrent_runs,
+            env=child_environment(config, environ),
+        )
+
+    def _package_for(self, spec: dict[str, Any]) -> Path:
+        """The compiled IR YAML for a spec's shape (cluster settings from the configuration)."""
+        from pipelines import training
+
+        shape = training.Shape(**spec["shape"])
+        path = self.runs_root / "pipelines" / f"tune{int(shape.tune)}-p{shape.parallelism}-g{shape.gpus}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return training.compile_to(path, image=self.config.kfp.trainer_image, config=self.config.pipeline, shape=shape)
 
     # --- life cycle ---------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -360,7 +388,17 @@ class Reactor:
         rule_map = self.rulebook.rules
         for run in self.journal.runs(states=runs.ACTIVE, limit=1000):
             with logs.bound(rule=run.rule, run_key=run.run_key):
-                status = self.launcher.find(run.run_key)
+                if time.monotonic() < self._backoff.get(run.run_key, (0, 0.0))[1]:
+                    continue
+                try:
+                    status = self.launcher.find(run.run_key)
+                except errors.TemporaryError as exc:
+                    failures = self._backoff.get(run.run_key, (0, 0.0))[0] + 1
+                    wait = min(300.0, self.config.kfp.poll_interval_s * 2 ** min(failures - 1, 8))
+                    self._backoff[run.run_key] = (failures, time.monotonic() + wait)
+                    log.warning("run_poll_failed", error=str(exc), retry_in_s=wait)
+                    continue
+                self._backoff.pop(run.run_key, None)
                 if status is None:
                     loaded = rule_map.get(run.rule)
                     if loaded is None:
@@ -373,6 +411,15 @@ class Reactor:
                     continue
                 self._report_progress(run.run_key)
                 if status.state is runs.RunState.RUNNING:
+                    overdue = (self.clock() - run.created_at).total_seconds() > self.config.kfp.run_timeout_s
+                    if overdue and run.run_key not in self._overdue:
+                        self._overdue.add(run.run_key)
+                        log.warning(
+                            "run_overdue",
+                            running_s=round((self.clock() - run.created_at).total_seconds()),
+                            limit_s=self.config.kfp.run_timeout_s,
+                            action="reported, not killed: stop it in KFP (or kill its process) to free the rule",
+                        )
                     if run.state is not runs.RunState.RUNNING:
                         self.journal.update_run(
                             run.run_key,
@@ -387,6 +434,11 @@ class Reactor:
     def finish(self, run: runs.RunRecord, status: launcher_base.RunStatus) -> None:
         now = self.clock()
         output = status.output
+        if status.state is runs.RunState.SUCCEEDED and not output:
+            # A cluster run leaves no outcome file: the registered version's tags carry the gate's decision.
+            loaded = self.rulebook.rules.get(run.rule)
+            if loaded is not None:
+                output = self.registry.outcome_of(loaded.rule.model.registered_name, run.run_key)
         promotion: dict[str, Any] = {
             k: output[k] for k in ("decision", "reason", "version", "previous_champion") if k in output
         }

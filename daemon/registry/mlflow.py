@@ -123,3 +123,25 @@ class MlflowRegistry:
             self.client.set_model_version_tag(model, version, "retrain.rollback", f"{actor}: {reason}")
         except Exception as exc:
             raise self._fail(exc, f"moving the champion of {model} to v{version}") from exc
+
+    def outcome_of(self, model: str, run_key: str) -> dict[str, Any]:
+        """The gate's outcome for the version a run registered (for launchers without an outcome file)."""
+        try:
+            found = self.client.search_model_versions(
+                f"name = '{model}' and tags.`{constants.TAG_RUN_KEY}` = '{run_key}'"
+            )
+        except Exception as exc:
+            raise self._fail(exc, f"finding the version of run {run_key}") from exc
+        if not found:
+            return {}
+        version = max(found, key=lambda v: int(v.version))
+        tags = version.tags or {}
+        metric = tags.get(f"{constants.TAG_METRIC_PREFIX}map50_95")
+        return {
+            "model": model,
+            "version": str(version.version),
+            "decision": tags.get(constants.TAG_GATE_DECISION, "unknown"),
+            "reason": tags.get(constants.TAG_GATE_REASON, ""),
+            "previous_champion": tags.get("retrain.champion_at_evaluation"),
+            "candidate": {"map50_95": float(metric)} if metric is not None else {},
+        }

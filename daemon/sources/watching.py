@@ -109,6 +109,7 @@ class FolderSource(FileSystemEventHandler):
         self._stopping = threading.Event()
         self._rescan_now = threading.Event()
         self._overflowed = threading.Event()
+        self._young_seen = False
         self._observer: BaseObserver | None = None
         self._threads: list[threading.Thread] = []
         self._alarm = _OverflowAlarm(self._overflowed)
@@ -286,6 +287,7 @@ class FolderSource(FileSystemEventHandler):
         started = time.monotonic()
         self.flush()
         listing, young = self._walk()
+        self._young_seen = bool(young)  # files still being written: look again once they settle
         # Young files are neither new nor gone: leave them out of both sides of the comparison.
         known = (i for i in self.sink.journal.inventory(self.location.name) if i.key not in young)
         differences = list(reconciling.diff(listing, known))
@@ -321,6 +323,7 @@ class FolderSource(FileSystemEventHandler):
 
     def _background(self) -> None:
         next_rescan = time.monotonic() + self.rescan_interval_s
+        last_rescan = time.monotonic()
         while not self._stopping.wait(min(self.poll_interval_s, 0.2)):
             try:
                 self.check_settled()
@@ -331,8 +334,11 @@ class FolderSource(FileSystemEventHandler):
                     self.sink.board.add(self.name, gaps=1)
                     self._overflowed.clear()
                     self._rescan_now.set()
+                if self._young_seen and time.monotonic() >= last_rescan + self.settle_s:
+                    self._rescan_now.set()
                 if self._rescan_now.is_set() or time.monotonic() >= next_rescan:
                     self._rescan_now.clear()
+                    last_rescan = time.monotonic()
                     self.rescan()
                     next_rescan = time.monotonic() + self.rescan_interval_s
             except errors.RetrainError as exc:
