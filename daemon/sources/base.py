@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from daemon.journal import base as journal_base
@@ -84,9 +84,6 @@ class EventSink:
     journal: journal_base.Journal
     board: StatusBoard
     clock: Clock
-    listeners: list[Callable[[Sequence[events.SourceEvent], journal_base.AppendResult], None]] = field(
-        default_factory=list
-    )
 
     def deliver(self, source: str, batch: Sequence[events.SourceEvent]) -> journal_base.AppendResult:
         """Journal ``batch`` (one transaction) and count it for ``source``. Raises what the journal raises."""
@@ -96,6 +93,4 @@ class EventSink:
         result = self.journal.append_events(batch, received_at=now)
         self.board.add(source, events=len(batch), new_events=result.new)
         self.board.update(source, last_event_at=now)
-        for listener in self.listeners:
-            listener(batch, result)
         return result
