@@ -6,6 +6,7 @@ Configuration errors exit with status 2 and list every problem found; a command 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from datetime import UTC, datetime
@@ -99,7 +100,11 @@ def up(ctx: click.Context) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    daemon.run()
+    try:
+        daemon.run()
+    except errors.RetrainError as exc:
+        click.echo(f"retrain up: {exc}", err=True)
+        sys.exit(EXIT_CONFIG if isinstance(exc, errors.ConfigError) else 1)
 
 
 @main.group()
@@ -156,8 +161,9 @@ def explain(ctx: click.Context, rule: str, history: int) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the same document as GET /api/v1/status).")
 @click.pass_context
-def status(ctx: click.Context) -> None:
+def status(ctx: click.Context, as_json: bool) -> None:
     """Show rules with pending data, active runs, recent decisions and the champion of each model."""
     config = _settings(ctx)
     if not config.journal.path.exists():
@@ -166,7 +172,12 @@ def status(ctx: click.Context) -> None:
     loaded = loading.load_paths([config.rules.path])
     journal = sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
     try:
-        for line in explaining.status(loaded.rules, journal, now=datetime.now(UTC)):
+        now = datetime.now(UTC)
+        data = explaining.status_data(loaded.rules, journal, now=now)
+        if as_json:
+            click.echo(json.dumps(data, indent=2))
+            return
+        for line in explaining.status_lines(data, now=now):
             click.echo(line)
     finally:
         journal.close()
@@ -184,14 +195,18 @@ def trigger(ctx: click.Context, rule: str, reason: str) -> None:
     """
     import getpass
 
+    from daemon import operating
+
     config = _settings(ctx)
     loaded = loading.load_paths([config.rules.path])
-    if rule not in loaded.rules:
-        click.echo(f"retrain trigger: no valid rule {rule!r} in {config.rules.path}", err=True)
-        sys.exit(1)
     journal = sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
     try:
-        request = journal.request_manual(rule, reason=reason, actor=getpass.getuser(), at=datetime.now(UTC))
+        request = operating.request_trigger(
+            journal, loaded.rules, rule, reason=reason, actor=getpass.getuser(), at=datetime.now(UTC)
+        )
+    except operating.UnknownRule as exc:
+        click.echo(f"retrain trigger: {exc} in {config.rules.path}", err=True)
+        sys.exit(1)
     finally:
         journal.close()
     click.echo(f"manual trigger for {rule} journaled ({request[:12]}); the daemon answers it on its next pass")
@@ -206,45 +221,23 @@ def rollback(ctx: click.Context, model: str, to_version: str | None, reason: str
     """Move MODEL's 'champion' alias back, recording who and why."""
     import getpass
 
-    from daemon.journal import base as journal_base
+    from daemon import operating
     from daemon.registry import mlflow as registry
 
     config = _settings(ctx)
     registry.configure(config.mlflow)
     mlflow = registry.MlflowRegistry(tracking_uri=config.mlflow.tracking_uri, registry_uri=config.mlflow.registry_uri)
+    journal = sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
     try:
-        current = mlflow.champion(model)
-        target = to_version
-        if target is None:
-            earlier = [v for v in mlflow.promoted_versions(model) if current is None or int(v) < int(current)]
-            if not earlier:
-                before = f" before v{current}" if current else ""
-                click.echo(f"retrain rollback: {model} has no promoted version to roll back to{before}", err=True)
-                sys.exit(1)
-            target = earlier[-1]
-        actor = getpass.getuser()
-        mlflow.move_champion(model, target, actor=actor, reason=reason)
+        done = operating.rollback(
+            mlflow, journal, model, to_version=to_version, reason=reason, actor=getpass.getuser(), at=datetime.now(UTC)
+        )
     except errors.RetrainError as exc:
         click.echo(f"retrain rollback: {exc}", err=True)
         sys.exit(1)
-    journal = sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
-    try:
-        journal.record_promotion(
-            journal_base.PromotionRecord(
-                model=model,
-                version=target,
-                previous_version=current,
-                run_key=None,
-                kind="rollback",
-                actor=actor,
-                reason=reason,
-                metrics={},
-                at=datetime.now(UTC),
-            )
-        )
     finally:
         journal.close()
-    click.echo(f"{model}: champion moved from v{current} to v{target} by {actor} ({reason})")
+    click.echo(f"{model}: champion moved from v{done.previous} to v{done.target} by {done.actor} ({reason})")
 
 
 @main.group()

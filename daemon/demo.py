@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from daemon import logs, reactor, settings
+from daemon import errors, logs, reactor, settings
 from daemon.model import runs
 
 DEMO = Path(".retrain/demo")
@@ -95,6 +95,7 @@ def main() -> int:
             f"kfp.local_pipeline_root={DEMO / 'runs'}",
             "logging.format=console",
             "sources.folder_rescan_interval_s=30",
+            f"http.port={os.environ.get('DEMO_HTTP_PORT', '8080')}",
         ],
     )
     logs.configure(config.logging, stream=sys.stdout)
@@ -102,10 +103,24 @@ def main() -> int:
     daemon = reactor.Reactor(config)
     signal.signal(signal.SIGINT, lambda *_: daemon.stop())
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
-    thread = threading.Thread(target=daemon.run, name="daemon")
+    failed: list[errors.RetrainError] = []
+
+    def serve() -> None:
+        try:
+            daemon.run()
+        except errors.RetrainError as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=serve, name="daemon")
     say(f"retrain daemon on the embedded set-up: folder {data}, rule {rules_dir / 'demo.yaml'}, local kfp runs")
     thread.start()
     time.sleep(3)
+    if failed:
+        say(f"the daemon could not start: {failed[0]} (DEMO_HTTP_PORT=8081 make run picks another port)")
+        return 2
+    if daemon.http_port is not None:
+        url = f"http://127.0.0.1:{daemon.http_port}"
+        say(f"HTTP: {url}/api/v1/status (JSON status), {url}/metrics (Prometheus), {url}/healthz, {url}/readyz")
     if fresh:
         say("batch 1: 48 labelled images arrive in 3 bursts; the rule waits for a 10 s quiet period")
         drop_batch(data, seed=1, count=48)

@@ -5,8 +5,9 @@ Reads the journal and runs the pure engine with the current time; changes nothin
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from daemon.engine import deciding
 from daemon.journal import base
@@ -75,45 +76,147 @@ def explain(
         yield f"  {record.at:%Y-%m-%d %H:%M:%S} {record.outcome.upper()}{target} [{record.code}] {record.reason}"
 
 
-def status(
-    loaded_rules: dict[str, loading.LoadedRule], journal: base.Journal, *, now: datetime, decisions_per_rule: int = 3
-) -> Iterator[str]:
-    """Lines of ``retrain status``: rules, active runs, recent decisions, champions."""
-    yield "rules:"
-    models: set[str] = set()
+def iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat()
+
+
+def _decision_data(decision: decisions.Decision) -> dict[str, Any]:
+    if isinstance(decision, decisions.Launch):
+        return {"outcome": "launch", "code": decision.trigger, "run_key": decision.run_key, "reason": decision.reason}
+    return {
+        "outcome": "skip",
+        "code": decision.code.value,
+        "reason": decision.reason,
+        "next_check_at": iso(decision.next_check_at),
+    }
+
+
+def decision_record_data(record: base.DecisionRecord) -> dict[str, Any]:
+    return {
+        "at": iso(record.at),
+        "outcome": record.outcome,
+        "code": record.code,
+        "reason": record.reason,
+        "run_key": record.run_key,
+    }
+
+
+def run_data(run: runs.RunRecord) -> dict[str, Any]:
+    return {
+        "run_key": run.run_key,
+        "rule": run.rule,
+        "state": run.state.value,
+        "trigger": run.trigger,
+        "reason": run.reason,
+        "snapshot": run.snapshot,
+        "backend": run.backend,
+        "backend_run_id": run.backend_run_id,
+        "created_at": iso(run.created_at),
+        "updated_at": iso(run.updated_at),
+        "metrics": run.metrics,
+        "promotion": run.promotion,
+        "error": run.error,
+    }
+
+
+def promotion_data(record: base.PromotionRecord) -> dict[str, Any]:
+    return {
+        "model": record.model,
+        "version": record.version,
+        "previous_version": record.previous_version,
+        "run_key": record.run_key,
+        "kind": record.kind,
+        "actor": record.actor,
+        "reason": record.reason,
+        "metrics": record.metrics,
+        "at": iso(record.at),
+    }
+
+
+def champions_data(models: Iterable[str], journal: base.Journal) -> list[dict[str, Any]]:
+    """The champion of each model as the journal knows it (the last promotion or rollback), or None."""
+    found = []
+    for model in sorted(set(models)):
+        moves = [p for p in journal.promotions(model, limit=20) if p.kind in ("promoted", "rollback")]
+        found.append({"model": model, "champion": promotion_data(moves[0]) if moves else None})
+    return found
+
+
+def status_data(
+    loaded_rules: Mapping[str, loading.LoadedRule],
+    journal: base.Journal,
+    *,
+    now: datetime,
+    decisions_per_rule: int = 3,
+) -> dict[str, Any]:
+    """What ``retrain status`` shows, as JSON-ready data (``retrain status --json`` and ``GET /api/v1/status``)."""
+    rules_out: list[dict[str, Any]] = []
     for name, loaded in sorted(loaded_rules.items()):
         rule = loaded.rule
-        models.add(rule.model.registered_name)
         st = journal.rule_state(rule, now=now)
-        decision = deciding.decide(rule, st, now)
-        when = ""
-        if isinstance(decision, decisions.Skip) and decision.next_check_at is not None:
-            when = f"; next possible fire {decision.next_check_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
-        verdict = (
-            f"LAUNCH {decision.run_key}" if isinstance(decision, decisions.Launch) else f"waiting [{decision.code}]"
+        rules_out.append(
+            {
+                "name": name,
+                "file": str(loaded.file),
+                "line": loaded.line,
+                "enabled": rule.enabled,
+                "model": rule.model.registered_name,
+                "pending": {"labels": st.pending.labels, "images": st.pending.images, "deleted": st.pending.deleted},
+                "decision": _decision_data(deciding.decide(rule, st, now)),
+                "recent_decisions": [
+                    decision_record_data(r) for r in journal.decisions(name, limit=decisions_per_rule)
+                ],
+            }
         )
-        pending = f"{st.pending.labels} new labels, {st.pending.images} new images"
-        yield f"  {name}: {pending}; {verdict}: {decision.reason}{when}"
-        for record in journal.decisions(name, limit=decisions_per_rule):
-            yield f"    {record.at:%Y-%m-%d %H:%M:%S} {record.outcome} [{record.code}] {record.reason}"
-    active = journal.runs(states=runs.ACTIVE, limit=100)
-    yield f"active runs ({len(active)}):"
-    for run in active:
-        yield f"  {run.run_key} ({run.rule}) {run.state} since {_when(run.updated_at, now)}: {run.reason}"
     finished = [r for r in journal.runs(limit=10) if r.state.final]
+    return {
+        "rules": rules_out,
+        "active_runs": [run_data(r) for r in journal.runs(states=runs.ACTIVE, limit=100)],
+        "recent_runs": [run_data(r) for r in finished[:5]],
+        "champions": champions_data((r["model"] for r in rules_out), journal),
+    }
+
+
+def _score(metrics: Mapping[str, Any], prefix: str = " ", suffix: str = "") -> str:
+    score = metrics.get("map50_95")
+    return f"{prefix}map50_95={score:.4f}{suffix}" if isinstance(score, int | float) else ""
+
+
+def _parse(moment: str | None) -> datetime | None:
+    return None if moment is None else datetime.fromisoformat(moment)
+
+
+def status_lines(data: Mapping[str, Any], *, now: datetime) -> Iterator[str]:
+    """Render :func:`status_data` as the lines ``retrain status`` prints."""
+    yield "rules:"
+    for rule in data["rules"]:
+        decision = rule["decision"]
+        when = ""
+        if decision.get("next_check_at"):
+            when = f"; next possible fire {_parse(decision['next_check_at']):%Y-%m-%d %H:%M:%S} UTC"
+        verdict = (
+            f"LAUNCH {decision['run_key']}" if decision["outcome"] == "launch" else f"waiting [{decision['code']}]"
+        )
+        pending = f"{rule['pending']['labels']} new labels, {rule['pending']['images']} new images"
+        yield f"  {rule['name']}: {pending}; {verdict}: {decision['reason']}{when}"
+        for record in rule["recent_decisions"]:
+            at = _parse(record["at"])
+            yield f"    {at:%Y-%m-%d %H:%M:%S} {record['outcome']} [{record['code']}] {record['reason']}"
+    yield f"active runs ({len(data['active_runs'])}):"
+    for run in data["active_runs"]:
+        since = _when(_parse(run["updated_at"]), now)
+        yield f"  {run['run_key']} ({run['rule']}) {run['state']} since {since}: {run['reason']}"
     yield "recent runs:"
-    for run in finished[:5]:
-        outcome = run.promotion.get("decision", "") if run.promotion else ""
-        score = run.metrics.get("map50_95")
-        figure = f" map50_95={score:.4f}" if isinstance(score, int | float) else ""
-        yield f"  {run.run_key} {run.state}{figure} {outcome} {run.error or run.promotion.get('reason', '')}".rstrip()
+    for run in data["recent_runs"]:
+        outcome = run["promotion"].get("decision", "")
+        detail = run["error"] or run["promotion"].get("reason", "")
+        yield f"  {run['run_key']} {run['state']}{_score(run['metrics'])} {outcome} {detail}".rstrip()
     yield "champions:"
-    for model in sorted(models):
-        moves = [p for p in journal.promotions(model, limit=20) if p.kind in ("promoted", "rollback")]
-        if not moves:
-            yield f"  {model}: none yet"
+    for entry in data["champions"]:
+        top = entry["champion"]
+        if top is None:
+            yield f"  {entry['model']}: none yet"
             continue
-        top = moves[0]
-        score = top.metrics.get("map50_95")
-        figure = f"map50_95={score:.4f}, " if isinstance(score, int | float) else ""
-        yield f"  {model}: v{top.version} ({figure}{top.kind} {_when(top.at, now)} by {top.actor}: {top.reason})"
+        figure = _score(top["metrics"], prefix="", suffix=", ")
+        moved = f"{top['kind']} {_when(_parse(top['at']), now)} by {top['actor']}"
+        yield f"  {entry['model']}: v{top['version']} ({figure}{moved}: {top['reason']})"

@@ -29,6 +29,7 @@ from typing import Any
 
 from daemon import __version__, constants, errors, logs, settings
 from daemon.engine import deciding
+from daemon.http import metrics as metrics_
 from daemon.journal import base as journal_base
 from daemon.journal import sqlite
 from daemon.launchers import base as launcher_base
@@ -112,11 +113,22 @@ class Reactor:
         self._store: s3.S3Store | None = None
         self._reconcile_now = threading.Event()
         self._http: Any = None
+        self._http_socket: Any = None
         self._threads: list[threading.Thread] = []
         self._progress: dict[str, int] = {}
         self._backoff: dict[str, tuple[int, float]] = {}  # run key -> (failed polls, monotonic time of next poll)
         self._overdue: set[str] = set()
         self.last_loop_at: datetime | None = None
+        self._last_pass = time.monotonic()
+        self.http_port: int | None = None
+        """The port the HTTP server listens on (after ``run()`` started it)."""
+        self.metrics = metrics_.Metrics(
+            board=self.board,
+            journal=self.journal,
+            rulebook=self.rulebook,
+            clock=clock,
+            since_last_pass=self.since_last_pass,
+        )
 
     def _make_launcher(self, environ: Mapping[str, str] | None) -> launcher_base.Launcher:
         config = self.config
@@ -156,8 +168,20 @@ class Reactor:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    def since_last_pass(self) -> float:
+        """Seconds since the loop completed a pass (or since the daemon was created, before the first)."""
+        return time.monotonic() - self._last_pass
+
     def run(self) -> None:
+        """Serve until :meth:`stop`. Raises :class:`~daemon.errors.ConfigError` when the HTTP port is taken."""
         log.info("daemon_starting", version=__version__, journal=str(self.config.journal.path))
+        self._last_pass = time.monotonic()
+        try:
+            self._serve_http()
+        except errors.RetrainError:
+            self.launcher.close()
+            self.journal.close()
+            raise
         self.rulebook.refresh()
         self.recover()
         self._sync_sources()
@@ -184,6 +208,8 @@ class Reactor:
         self._reconcile_now.set()
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))
+        if self._http_socket is not None:
+            self._http_socket.close()
         self.launcher.close()
         self.journal.close()
         log.info("daemon_stopped", note="running pipelines are left alone; the next start re-attaches")
@@ -201,10 +227,13 @@ class Reactor:
                 self.decide(rule)
             self.watch()
         except errors.RetrainError as exc:
+            self.metrics.loop_errors.inc()
             log.warning("loop_step_failed", error=str(exc), action="will retry next tick")
         except Exception:  # a bug or an unexpected library error must not stop the daemon
+            self.metrics.loop_errors.inc()
             log.exception("loop_step_crashed", action="will retry next tick")
         self.last_loop_at = self.clock()
+        self._last_pass = time.monotonic()
 
     def _sync_sources(self) -> None:
         rule_map = {name: loaded.rule for name, loaded in self.rulebook.rules.items()}
@@ -270,36 +299,71 @@ class Reactor:
         return self._store
 
     def _start_background(self) -> None:
-        """The reconcile thread and, with a webhook token, the HTTP server."""
+        """The reconcile thread."""
         thread = threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True)
         thread.start()
         self._threads.append(thread)
-        token = self.config.sources.webhook_token
-        if token is not None:
-            import uvicorn
 
-            from daemon.http import app as http_app
-            from daemon.sources import webhook
+    def _serve_http(self) -> None:
+        """Start the HTTP server (probes, metrics, webhook, API) on its own thread; the port is bound here,
+        so a taken port fails the start with a clear message instead of a log line in a thread."""
+        http = self.config.http
+        if not http.enabled:
+            return
+        import socket
 
-            receiver = webhook.WebhookReceiver(
-                token=token.get_secret_value(),
+        import uvicorn
+
+        from daemon.http import app as http_app
+        from daemon.sources import webhook
+
+        family = socket.AF_INET6 if ":" in http.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((http.host, http.port))
+        except OSError as exc:
+            sock.close()
+            raise errors.ConfigError(
+                f"cannot listen on {http.host}:{http.port}: {exc.strerror or exc}; choose another http.port "
+                "(RETRAIN_HTTP__PORT) or stop what uses it",
+                field="http.port",
+            ) from exc
+        self.http_port = int(sock.getsockname()[1])
+        webhook_token = self.config.sources.webhook_token
+        api_token = http.api_token
+        context = http_app.Context(
+            journal=self.journal,
+            rulebook=self.rulebook,
+            board=self.board,
+            metrics=self.metrics,
+            registry=self.registry,
+            receiver=webhook.WebhookReceiver(
+                token=webhook_token.get_secret_value() if webhook_token else None,
                 max_body_bytes=self.config.sources.webhook_max_body_bytes,
                 sink=self.sink,
                 locations=self._locations,
-            )
-            server = uvicorn.Server(
-                uvicorn.Config(
-                    http_app.create_app(receiver=receiver),
-                    host=self.config.http.host,
-                    port=self.config.http.port,
-                    log_level="warning",
-                )
-            )
-            http_thread = threading.Thread(target=server.run, name="http", daemon=True)
-            http_thread.start()
-            self._http = server
-            self._threads.append(http_thread)
-            log.info("http_listening", host=self.config.http.host, port=self.config.http.port)
+            ),
+            api_token=api_token.get_secret_value() if api_token else None,
+            clock=self.clock,
+            since_last_pass=self.since_last_pass,
+            liveness_timeout_s=http.liveness_timeout_s,
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(http_app.create_app(context), log_level="warning", access_log=False, lifespan="off")
+        )
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="http", daemon=True)
+        thread.start()
+        self._http = server
+        self._http_socket = sock
+        self._threads.append(thread)
+        log.info(
+            "http_listening",
+            host=http.host,
+            port=self.http_port,
+            webhook="on" if webhook_token else "off (set sources.webhook_token)",
+            api_writes="on" if api_token else "off (set http.api_token)",
+        )
 
     def _reconcile_loop(self) -> None:
         """Reconcile every S3 dataset at start-up, every reconcile_interval_s, and after a listen gap."""
@@ -320,8 +384,10 @@ class Reactor:
     def decide(self, rule: rules.Rule) -> decisions.Decision:
         now = self.clock()
         with logs.bound(rule=rule.name):
-            decision = deciding.decide(rule, self.journal.rule_state(rule, now=now), now)
+            st = self.journal.rule_state(rule, now=now)
+            decision = deciding.decide(rule, st, now)
             if isinstance(decision, decisions.Skip):
+                self.metrics.decisions.labels(rule.name, "skip", decision.code.value).inc()
                 previous = self.journal.decisions(rule.name, limit=1)
                 self.journal.record_skip(decision, at=now)
                 if not previous or previous[0].code != decision.code.value:
@@ -329,7 +395,11 @@ class Reactor:
                 return decision
             if not self.journal.record_intent(decision, at=now):
                 return decision
+            self.metrics.decisions.labels(rule.name, "launch", decision.trigger).inc()
             log.info("rule_fired", run_key=decision.run_key, trigger=decision.trigger, reason=decision.reason)
+            if st.pending.last_at is not None and decision.trigger == "new_labels":
+                latency = (self.clock() - st.pending.last_at).total_seconds()
+                self.metrics.launch_latency.labels(decision.trigger).observe(max(0.0, latency))
             self.submit(rule, decision.run_key)
             return decision
 
@@ -454,6 +524,7 @@ class Reactor:
         )
         if status.state is runs.RunState.SUCCEEDED and promotion:
             model = str(output.get("model", ""))
+            self.metrics.promotions.labels(model, str(promotion.get("decision"))).inc()
             self.journal.record_promotion(
                 journal_base.PromotionRecord(
                     model=model,

@@ -161,10 +161,17 @@ class MlflowSettings(_Group):
 class HttpSettings(_Group):
     """The daemon's HTTP endpoints: health, readiness, metrics, webhook, JSON API."""
 
+    enabled: bool = True
+    """Serve HTTP at all. Off: no probes, metrics, API or webhook (``retrain up`` on a laptop can do without)."""
     host: str = "127.0.0.1"
     """Address to listen on. ``0.0.0.0`` in a pod."""
     port: int = Field(default=8080, ge=0, le=65535)
-    """TCP port to listen on; 0 picks a free one."""
+    """TCP port to listen on; 0 picks a free one (logged as ``http_listening``)."""
+    api_token: SecretStr | None = None
+    """Bearer token for the mutating API endpoints (manual trigger, rollback). Unset: those answer 403.
+    Give it through ``RETRAIN_HTTP__API_TOKEN`` (a Kubernetes Secret)."""
+    liveness_timeout_s: float = Field(default=120.0, gt=0)
+    """``/healthz`` fails when the loop has not completed a pass for this many seconds."""
 
 
 class LoggingSettings(_Group):

@@ -57,6 +57,7 @@ class Daemon:
             RETRAIN_MLFLOW__TRACKING_URI=f"sqlite:///{tmp / 'mlflow.db'}",
             RETRAIN_KFP__LOCAL_PIPELINE_ROOT=str(tmp / "runs"),
             RETRAIN_LOGGING__FORMAT="json",
+            RETRAIN_HTTP__PORT="0",
         )
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0

@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from daemon import constants, reactor, settings
 from daemon.model import runs
@@ -68,6 +70,7 @@ def test_batches_trigger_exactly_the_implied_runs_and_the_champion_moves_only_up
             f"sources.s3.endpoint={s3_server.endpoint}",
             "sources.s3.secure=false",
             "sources.reconcile_interval_s=1",
+            "http.port=0",
         ],
     )
     daemon = reactor.Reactor(config, tick_s=0.5)
@@ -104,6 +107,19 @@ def test_batches_trigger_exactly_the_implied_runs_and_the_champion_moves_only_up
             "e2e-detector", constants.CHAMPION_ALIAS
         )
         assert champion.version == (second.version if expected == "promoted" else promotions[0].version)
+
+        # What Prometheus scrapes says the same: two launches timed from their newest event, two gate outcomes.
+        metrics = httpx.get(f"http://127.0.0.1:{daemon.http_port}/metrics", timeout=10).text
+        found = {
+            (m.name, tuple(sorted(m.labels.items()))): m.value
+            for f in text_string_to_metric_families(metrics)
+            for m in f.samples
+        }
+        assert found["retrain_event_to_launch_seconds_count", (("trigger", "new_labels"),)] == 2
+        assert found["retrain_runs", (("state", "succeeded"),)] == 2
+        outcomes = {labels: v for (name, labels), v in found.items() if name == "retrain_promotions_total"}
+        assert sum(outcomes.values()) == 2
+        assert sum(v for (name, _), v in found.items() if name == "retrain_events_new_total") == 120
     finally:
         daemon.stop()
         thread.join(30)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -16,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 def test_demo_shows_a_full_cycle_then_keeps_running(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
-    env.update(DEMO_EPOCHS="2", PYTHONUNBUFFERED="1")
+    env.update(DEMO_EPOCHS="2", PYTHONUNBUFFERED="1", DEMO_HTTP_PORT="0")
     log_path = tmp_path / "demo.log"
     with log_path.open("wb") as log:
         demo = subprocess.Popen(
@@ -45,6 +47,14 @@ def test_demo_shows_a_full_cycle_then_keeps_running(tmp_path: Path) -> None:
             "=== model version 2:",
         ):
             assert expected in text, expected
+        # The HTTP line names the real port; the JSON API shows the champion the log announced.
+        url = re.search(r"HTTP: (http://127\.0\.0\.1:\d+)/api/v1/status", text)
+        assert url is not None, text[-3000:]
+        status = httpx.get(url.group(1) + "/api/v1/status", timeout=10).json()
+        [champion] = status["champions"]
+        assert champion["model"] == "demo-detector"
+        assert champion["champion"]["version"] in ("1", "2")
+        assert httpx.get(url.group(1) + "/healthz", timeout=10).status_code == 200
         time.sleep(2)
         assert demo.poll() is None  # still running as a daemon
         demo.send_signal(signal.SIGINT)

@@ -18,10 +18,9 @@ import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.http import app as http_app
 from daemon.journal import sqlite
 from daemon.sources import base, datasets, webhook
-from tests import services
+from tests import apps, services
 from tests.conftest import SHARED
 
 TOKEN = "test-token-" + "x" * 24
@@ -68,7 +67,9 @@ def served(journal: sqlite.SqliteJournal) -> Iterator[tuple[str, webhook.Webhook
     receiver = make_receiver(journal)
     port = services.free_port()
     server = uvicorn.Server(
-        uvicorn.Config(http_app.create_app(receiver=receiver), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(
+            apps.app_for(receiver.sink.journal, receiver=receiver), host="127.0.0.1", port=port, log_level="warning"
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -206,7 +207,7 @@ def post_in_process(receiver: webhook.WebhookReceiver, content: bytes) -> httpx.
     """One request through the ASGI app without a socket (fast enough for fuzzing)."""
 
     async def send() -> httpx.Response:
-        transport = httpx.ASGITransport(app=http_app.create_app(receiver=receiver))
+        transport = httpx.ASGITransport(app=apps.app_for(receiver.sink.journal, receiver=receiver))
         async with httpx.AsyncClient(transport=transport, base_url="http://daemon") as client:
             return await client.post("/events/minio", content=content, headers=AUTH)
 

@@ -1,12 +1,86 @@
-"""The ASGI application: routes only, the logic lives in the adapters they call."""
+"""The daemon's HTTP surface: probes, metrics, the MinIO webhook and the JSON API.
+
+- ``GET /healthz``: the loop completed a pass within ``http.liveness_timeout_s`` (liveness probe);
+- ``GET /readyz``: the journal can be written and every source that reported is connected (readiness
+  probe; a failing pod leaves the Service, and MinIO's webhook queue holds the events meanwhile);
+- ``GET /metrics``: Prometheus exposition (:mod:`daemon.http.metrics`);
+- ``POST /events/minio``: the MinIO webhook target (its own bearer token, :mod:`daemon.sources.webhook`);
+- ``GET /api/v1/...``: read-only JSON of status (the document ``retrain status --json`` prints), rules,
+  decisions, runs, champions and sources;
+- ``POST /api/v1/rules/{rule}/trigger`` and ``POST /api/v1/models/{model}/rollback``: need
+  ``Authorization: Bearer <http.api_token>``; with no token configured they answer 403.
+
+Handlers that touch the journal or MLflow are plain functions: FastAPI runs them in its thread pool, so a
+slow MLflow never blocks the probes.
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
 
-from daemon import __version__
+import pydantic
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from daemon import __version__, errors, explaining, logs, operating
+from daemon.http import metrics
+from daemon.journal import base as journal_base
+from daemon.model import ids, runs
+from daemon.registry import mlflow as registry
+from daemon.rules import reloading
+from daemon.sources import base as source_base
 from daemon.sources import webhook
+
+log = logs.get_logger(__name__)
+
+
+@dataclass(kw_only=True)
+class Context:
+    """What the endpoints read and act on; the reactor builds it from its own parts.
+
+    Args:
+        journal: events, decisions, runs and promotions.
+        rulebook: the rules in force (hot-reloaded by the loop).
+        board: the sources' statuses.
+        metrics: the daemon's metrics.
+        registry: the MLflow model registry (rollback).
+        receiver: the MinIO webhook receiver.
+        api_token: the bearer token of the mutating endpoints; None disables them.
+        clock: the current time.
+        since_last_pass: seconds since the loop completed a pass.
+        liveness_timeout_s: ``/healthz`` fails past this.
+    """
+
+    journal: journal_base.Journal
+    rulebook: reloading.RuleBook
+    board: source_base.StatusBoard
+    metrics: metrics.Metrics
+    registry: registry.MlflowRegistry
+    receiver: webhook.WebhookReceiver
+    api_token: str | None
+    clock: Callable[[], datetime]
+    since_last_pass: Callable[[], float]
+    liveness_timeout_s: float
+
+
+class TriggerRequest(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    reason: str = pydantic.Field(default="manual trigger (API)", min_length=1, max_length=500)
+    actor: str = pydantic.Field(default="api", min_length=1, max_length=100)
+
+
+class RollbackRequest(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    to: str | None = pydantic.Field(default=None, pattern=r"^[0-9]+$", description="version; default: the previous")
+    reason: str = pydantic.Field(default="manual rollback (API)", min_length=1, max_length=500)
+    actor: str = pydantic.Field(default="api", min_length=1, max_length=100)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:
@@ -24,14 +98,178 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def create_app(*, receiver: webhook.WebhookReceiver) -> FastAPI:
-    """The application serving the webhook."""
+def _source_data(status: source_base.SourceStatus) -> dict[str, Any]:
+    return {
+        "name": status.name,
+        "connected": status.connected,
+        "events": status.events,
+        "new_events": status.new_events,
+        "rejected": status.rejected,
+        "gaps": status.gaps,
+        "last_event_at": explaining.iso(status.last_event_at),
+        "last_reconcile_at": explaining.iso(status.last_reconcile_at),
+        "reconcile_lag_s": status.reconcile_lag_s,
+        "last_error": status.last_error,
+    }
+
+
+def _context(request: Request) -> Context:
+    context: Context = request.app.state.context
+    return context
+
+
+Ctx = Annotated[Context, Depends(_context)]
+
+
+def require_token(request: Request, ctx: Ctx) -> None:
+    """Refuse a mutating request without the API token (403 when none is configured)."""
+    if ctx.api_token is None:
+        raise HTTPException(403, "mutating endpoints are disabled: set http.api_token (RETRAIN_HTTP__API_TOKEN)")
+    scheme, _, presented = (request.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), ctx.api_token.encode()):
+        log.warning("api_unauthorized", path=request.url.path)
+        raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+# --- probes, metrics and the webhook ----------------------------------------------------------------
+service = APIRouter()
+
+
+@service.get("/healthz")
+def healthz(ctx: Ctx) -> JSONResponse:
+    age = ctx.since_last_pass()
+    alive = age <= ctx.liveness_timeout_s
+    body = {"status": "ok" if alive else "stalled", "last_pass_age_s": round(age, 3)}
+    return JSONResponse(status_code=200 if alive else 503, content=body)
+
+
+@service.get("/readyz")
+def readyz(ctx: Ctx) -> JSONResponse:
+    checks = {"journal": "ok" if ctx.journal.writable() else "cannot be written"}
+    for status in ctx.board.all():
+        if not status.connected and status.last_error:
+            checks[f"source {status.name}"] = status.last_error
+    ready = all(value == "ok" for value in checks.values())
+    return JSONResponse(status_code=200 if ready else 503, content={"ready": ready, "checks": checks})
+
+
+@service.get("/metrics")
+def prometheus(ctx: Ctx) -> Response:
+    body, content_type = ctx.metrics.render()
+    return Response(content=body, media_type=content_type)
+
+
+@service.post("/events/minio")
+async def minio_events(request: Request, ctx: Ctx) -> Response:
+    body = await _read_limited(request, ctx.receiver.max_body_bytes)
+    authorization = request.headers.get("authorization")
+    reply = await run_in_threadpool(lambda: ctx.receiver.handle(authorization=authorization, body=body))
+    return JSONResponse(status_code=reply.status, content=reply.body)
+
+
+# --- read-only JSON API -----------------------------------------------------------------------------
+api = APIRouter(prefix="/api/v1")
+
+
+@api.get("/status")
+def status(ctx: Ctx) -> dict[str, Any]:
+    """The document ``retrain status --json`` prints."""
+    return explaining.status_data(ctx.rulebook.rules, ctx.journal, now=ctx.clock())
+
+
+@api.get("/rules")
+def rules(ctx: Ctx) -> dict[str, Any]:
+    found = [
+        {"name": name, "file": loaded.file, "line": loaded.line, "rule": loaded.rule.model_dump(mode="json")}
+        for name, loaded in sorted(ctx.rulebook.rules.items())
+    ]
+    return {"rules": found, "errors": [error.render() for error in ctx.rulebook.errors]}
+
+
+@api.get("/decisions")
+def decisions(
+    ctx: Ctx,
+    rule: Annotated[str | None, Query(description="one rule; default: every rule in force")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> dict[str, Any]:
+    names = [rule] if rule is not None else sorted(ctx.rulebook.rules)
+    return {
+        name: [explaining.decision_record_data(r) for r in ctx.journal.decisions(name, limit=limit)] for name in names
+    }
+
+
+@api.get("/runs")
+def list_runs(
+    ctx: Ctx,
+    state: Annotated[runs.RunState | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> dict[str, Any]:
+    states = None if state is None else frozenset({state})
+    return {"runs": [explaining.run_data(r) for r in ctx.journal.runs(states=states, limit=limit)]}
+
+
+@api.get("/runs/{run_key}")
+def get_run(ctx: Ctx, run_key: str) -> dict[str, Any]:
+    found = ctx.journal.get_run(ids.RunKey(run_key))
+    if found is None:
+        raise HTTPException(404, f"no run {run_key!r} in the journal")
+    return explaining.run_data(found)
+
+
+@api.get("/champions")
+def champions(ctx: Ctx) -> dict[str, Any]:
+    models = (loaded.rule.model.registered_name for loaded in ctx.rulebook.rules.values())
+    return {"champions": explaining.champions_data(models, ctx.journal)}
+
+
+@api.get("/sources")
+def sources(ctx: Ctx) -> dict[str, Any]:
+    return {"sources": [_source_data(s) for s in ctx.board.all()]}
+
+
+# --- mutating API: the token is required ------------------------------------------------------------
+@api.post("/rules/{rule}/trigger", status_code=202, dependencies=[Depends(require_token)])
+def trigger(ctx: Ctx, rule: str, request: TriggerRequest | None = None) -> dict[str, Any]:
+    """Journal a manual trigger; the daemon answers it on its next pass, like ``retrain trigger``."""
+    body = request or TriggerRequest()
+    try:
+        request_id = operating.request_trigger(
+            ctx.journal, ctx.rulebook.rules, rule, reason=body.reason, actor=f"api:{body.actor}", at=ctx.clock()
+        )
+    except operating.UnknownRule as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except errors.TemporaryError as exc:
+        raise HTTPException(503, str(exc)) from exc
+    log.info("manual_trigger_requested", rule=rule, actor=body.actor, reason=body.reason)
+    return {"rule": rule, "request": request_id, "note": "the daemon answers it on its next pass"}
+
+
+@api.post("/models/{model}/rollback", dependencies=[Depends(require_token)])
+def rollback(ctx: Ctx, model: str, request: RollbackRequest | None = None) -> dict[str, Any]:
+    """Move the champion alias back, like ``retrain rollback``."""
+    body = request or RollbackRequest()
+    try:
+        done = operating.rollback(
+            ctx.registry,
+            ctx.journal,
+            model,
+            to_version=body.to,
+            reason=body.reason,
+            actor=f"api:{body.actor}",
+            at=ctx.clock(),
+        )
+    except errors.TemporaryError as exc:
+        raise HTTPException(503, str(exc)) from exc
+    except errors.RetrainError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    log.info("champion_rolled_back", model=model, previous=done.previous, target=done.target, actor=done.actor)
+    return {"model": model, "previous": done.previous, "champion": done.target, "actor": done.actor}
+
+
+def create_app(context: Context) -> FastAPI:
+    """The application serving ``context``."""
     app = FastAPI(title="retrain-daemon", version=__version__, docs_url=None, redoc_url=None)
-
-    @app.post("/events/minio")
-    async def minio_events(request: Request) -> Response:
-        body = await _read_limited(request, receiver.max_body_bytes)
-        reply = receiver.handle(authorization=request.headers.get("authorization"), body=body)
-        return JSONResponse(status_code=reply.status, content=reply.body)
-
+    app.state.context = context
+    app.include_router(service)
+    app.include_router(api)
     return app

@@ -101,8 +101,16 @@ class Journal(abc.ABC):
         """Boxes per class over the label files of a recorded snapshot (None: snapshot unknown)."""
 
     @abc.abstractmethod
+    def writable(self) -> bool:
+        """True when a write transaction can be opened now (the readiness probe asks this)."""
+
+    @abc.abstractmethod
     def event_count(self) -> int:
         """How many distinct events are journaled."""
+
+    @abc.abstractmethod
+    def run_counts(self) -> dict[str, int]:
+        """How many runs the journal holds in each state (states without runs are left out)."""
 
     # --- what a rule sees -------------------------------------------------------------------------
     @abc.abstractmethod

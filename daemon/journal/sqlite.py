@@ -367,6 +367,10 @@ class SqliteJournal(base.Journal):
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
+    def run_counts(self) -> dict[str, int]:
+        with self._lock:
+            return {str(k): int(n) for k, n in self._db.execute("SELECT state, COUNT(*) FROM runs GROUP BY state")}
+
     # --- what a rule sees -------------------------------------------------------------------------
     def snapshot_manifest(self, dataset: str) -> list[tuple[str, str]]:
         with self._lock:

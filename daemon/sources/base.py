@@ -9,7 +9,7 @@ status``, ``/readyz`` and the metrics.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -46,6 +46,18 @@ class StatusBoard:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._statuses: dict[str, SourceStatus] = {}
+        self._kinds: dict[tuple[str, str], int] = {}
+
+    def count_kinds(self, name: str, kinds: Iterable[str]) -> None:
+        """Count events of ``name`` by kind (created, deleted, tick...) for the metrics."""
+        with self._lock:
+            for kind in kinds:
+                self._kinds[name, kind] = self._kinds.get((name, kind), 0) + 1
+
+    def kinds(self) -> dict[tuple[str, str], int]:
+        """Events counted so far by (source, kind)."""
+        with self._lock:
+            return dict(self._kinds)
 
     def update(self, name: str, **changes: object) -> SourceStatus:
         with self._lock:
@@ -92,5 +104,6 @@ class EventSink:
         now = self.clock()
         result = self.journal.append_events(batch, received_at=now)
         self.board.add(source, events=len(batch), new_events=result.new)
+        self.board.count_kinds(source, (event.kind.value for event in batch))
         self.board.update(source, last_event_at=now)
         return result

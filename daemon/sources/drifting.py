@@ -128,5 +128,6 @@ class DriftChecker:
             log.warning("drift_check_failed", rule=rule.name, error=str(exc))
             return 0
         self.board.add(NAME, events=1, new_events=1)
+        self.board.count_kinds(NAME, [trigger.kind])
         self.board.update(NAME, last_event_at=now, connected=True)
         return 1

@@ -121,6 +121,7 @@ class ScheduleSource:
         """Journal the tick of one slot; False if it was journaled before (a restart, a second firing)."""
         new = self.journal.record_tick(rule, trigger_index=index, slot=slot, at=self.clock())
         self.board.add(NAME, events=1, new_events=int(new))
+        self.board.count_kinds(NAME, ["tick"])
         self.board.update(NAME, last_event_at=self.clock())
         if new:
             log.info("schedule_fired", rule=rule, trigger=index, slot=slot.isoformat())
