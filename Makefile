@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format bench manifests clean
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ test: lint
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The Kubernetes manifests of an overlay (deploy/base, deploy/overlays/...), rendered with the repository's rules.
+OVERLAY ?= base
+manifests: install
+	@$(BIN)/kubectl kustomize --load-restrictor LoadRestrictionsNone deploy/$(OVERLAY)
 
 bench: install
 	@echo "No benchmarks yet: benchmarks/ fills in with the daemon loop." && exit 1
