@@ -12,6 +12,8 @@ ENV_PREFIX: Final = "RETRAIN_"
 ENV_NESTED_DELIMITER: Final = "__"
 #: Environment variable naming the settings file, when ``--config`` is not given.
 ENV_CONFIG_FILE: Final = "RETRAIN_CONFIG"
+#: Environment variable that arms one failpoint (fault-injection tests only; see ``daemon/failpoints.py``).
+ENV_FAILPOINT: Final = "RETRAIN_FAILPOINT"
 
 #: The MLflow registered-model alias that production serves.
 CHAMPION_ALIAS: Final = "champion"

@@ -5,9 +5,10 @@ One place starts everything and handles stopping:
 1. start-up recovery: every run the journal holds as intended/submitted/running is resolved against the
    launcher by its run key (an intent that never reached the launcher is submitted now; a run that the
    launcher knows is recorded; a run whose process died is abandoned), then sources start with a scan;
-2. the loop, once per ``tick_s``: reload changed rule files (and re-sync schedules and folders), run due
-   drift checks and reconciles, decide for every rule (launch: intent journaled first, then the manifest,
-   then the launcher), and watch active runs until their outcome is journaled;
+2. the loop, once per ``tick_s`` and at once when a source journals new events: reload changed rule
+   files (and re-sync schedules and folders), run due drift checks and reconciles, decide for every rule
+   (launch: intent journaled first, then the manifest, then the launcher), and watch active runs until
+   their outcome is journaled;
 3. stop (SIGTERM/SIGINT): take no new work, finish the journal write in progress, leave running pipelines
    alone (the next start re-attaches), and return within ``shutdown.timeout_s``.
 
@@ -27,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from daemon import __version__, constants, errors, logs, settings
+from daemon import __version__, constants, errors, failpoints, logs, settings
 from daemon.engine import deciding
 from daemon.http import metrics as metrics_
 from daemon.journal import base as journal_base
@@ -43,6 +44,9 @@ from daemon.sources import datasets, drifting, listening, reconciling, s3, sched
 log = logs.get_logger(__name__)
 
 PROGRESS_MARK = constants.PROGRESS_MARK
+
+#: The shortest time between two loop passes, in seconds, when events wake the loop early.
+MIN_PASS_GAP_S = 0.05
 
 
 def utcnow() -> datetime:
@@ -94,7 +98,8 @@ class Reactor:
         registry.configure(config.mlflow)
         self.journal = sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
         self.board = source_base.StatusBoard()
-        self.sink = source_base.EventSink(journal=self.journal, board=self.board, clock=clock)
+        self._wake = threading.Event()
+        self.sink = source_base.EventSink(journal=self.journal, board=self.board, clock=clock, on_new=self._wake.set)
         self.rulebook = reloading.RuleBook(config.rules.path)
         self.runs_root = config.kfp.local_pipeline_root
         self.launcher: launcher_base.Launcher = self._make_launcher(environ)
@@ -163,6 +168,7 @@ class Reactor:
     def stop(self) -> None:
         """Ask the loop to end (signal handlers call this)."""
         self._stopping.set()
+        self._wake.set()
 
     @property
     def stopping(self) -> bool:
@@ -192,7 +198,11 @@ class Reactor:
         try:
             while not self._stopping.is_set():
                 self.step()
-                self._stopping.wait(self.tick_s)
+                # Sleep a tick, or less when new events arrive: a label that lands is decided on at once
+                # (after a short gap, so a burst of deliveries is taken in a few passes, not one per batch).
+                self._wake.wait(self.tick_s)
+                self._wake.clear()
+                self._stopping.wait(MIN_PASS_GAP_S)
         finally:
             self.shutdown()
 
@@ -395,6 +405,7 @@ class Reactor:
                 return decision
             if not self.journal.record_intent(decision, at=now):
                 return decision
+            failpoints.hit("intent_written")
             self.metrics.decisions.labels(rule.name, "launch", decision.trigger).inc()
             log.info("rule_fired", run_key=decision.run_key, trigger=decision.trigger, reason=decision.reason)
             if st.pending.last_at is not None and decision.trigger == "new_labels":
@@ -444,6 +455,7 @@ class Reactor:
         except errors.TemporaryError as exc:
             log.info("run_waiting_for_launcher", run_key=run_key, reason=str(exc))
             return
+        failpoints.hit("submitted")
         self.journal.update_run(
             run_key,
             runs.RunState.RUNNING,
@@ -499,19 +511,32 @@ class Reactor:
                             backend_run_id=status.backend_run_id,
                         )
                     continue
-                self.finish(run, status)
+                try:
+                    self.finish(run, status)
+                except errors.TemporaryError as exc:
+                    log.warning("run_outcome_pending", error=str(exc), action="recorded once MLflow answers")
 
     def finish(self, run: runs.RunRecord, status: launcher_base.RunStatus) -> None:
+        failpoints.hit("run_finished")
         now = self.clock()
-        output = status.output
-        if status.state is runs.RunState.SUCCEEDED and not output:
-            # A cluster run leaves no outcome file: the registered version's tags carry the gate's decision.
-            loaded = self.rulebook.rules.get(run.rule)
-            if loaded is not None:
-                output = self.registry.outcome_of(loaded.rule.model.registered_name, run.run_key)
+        output = status.output or self._outcome_from_registry(run, status)
         promotion: dict[str, Any] = {
             k: output[k] for k in ("decision", "reason", "version", "previous_champion") if k in output
         }
+        model = str(output.get("model", ""))
+        record = None
+        if promotion and (status.state is runs.RunState.SUCCEEDED or promotion.get("decision") == "promoted"):
+            record = journal_base.PromotionRecord(
+                model=model,
+                version=promotion.get("version"),
+                previous_version=promotion.get("previous_champion"),
+                run_key=run.run_key,
+                kind=str(promotion.get("decision")),
+                actor="daemon",
+                reason=str(promotion.get("reason")),
+                metrics=output.get("candidate") or {},
+                at=now,
+            )
         self.journal.update_run(
             run.run_key,
             status.state,
@@ -521,23 +546,10 @@ class Reactor:
             metrics=output.get("candidate") or {},
             promotion=promotion,
             error=status.error,
+            record=record,
         )
-        if status.state is runs.RunState.SUCCEEDED and promotion:
-            model = str(output.get("model", ""))
-            self.metrics.promotions.labels(model, str(promotion.get("decision"))).inc()
-            self.journal.record_promotion(
-                journal_base.PromotionRecord(
-                    model=model,
-                    version=promotion.get("version"),
-                    previous_version=promotion.get("previous_champion"),
-                    run_key=run.run_key,
-                    kind=str(promotion.get("decision")),
-                    actor="daemon",
-                    reason=str(promotion.get("reason")),
-                    metrics=output.get("candidate") or {},
-                    at=now,
-                )
-            )
+        if record is not None:
+            self.metrics.promotions.labels(model, record.kind).inc()
             log.info(
                 "run_succeeded",
                 model=model,
@@ -547,6 +559,26 @@ class Reactor:
             )
         else:
             log.warning("run_ended", state=status.state.value, error=errors.truncate(status.error or ""))
+
+    def _outcome_from_registry(self, run: runs.RunRecord, status: launcher_base.RunStatus) -> dict[str, Any]:
+        """The gate's outcome from the model version the run registered, for a run that left no outcome file:
+        a cluster run (the pipeline's own record is in MLflow), or a run whose process died after its
+        promotion step. A dead run counts as promoted only if the champion alias really points at its
+        version. Raises what the registry raises (MLflow down: the run stays active and is retried)."""
+        loaded = self.rulebook.rules.get(run.rule)
+        if loaded is None:
+            return {}
+        model = loaded.rule.model.registered_name
+        found = self.registry.outcome_of(model, run.run_key)
+        if not found or status.state is runs.RunState.SUCCEEDED:
+            return found
+        if self.registry.champion(model) != found["version"]:
+            return {}  # registered, never promoted: nothing changed in production
+        return found | {
+            "decision": "promoted",
+            "reason": f"recovered from MLflow: v{found['version']} is champion; the run ended before reporting "
+            f"({status.error or status.state.value}). {found.get('reason') or ''}".strip(),
+        }
 
     def _report_progress(self, run_key: str) -> None:
         """Log the training progress lines the pipeline child printed since last time."""

@@ -263,7 +263,7 @@ def _from_file(path: Path, origins: _Origins) -> dict[str, Any]:
 def _from_environ(environ: Mapping[str, str], origins: _Origins) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for name, value in environ.items():
-        if not name.startswith(constants.ENV_PREFIX) or name == constants.ENV_CONFIG_FILE:
+        if not name.startswith(constants.ENV_PREFIX) or name in (constants.ENV_CONFIG_FILE, constants.ENV_FAILPOINT):
             continue
         path = name[len(constants.ENV_PREFIX) :].lower().split(constants.ENV_NESTED_DELIMITER)
         _set_path(tree, path, value)

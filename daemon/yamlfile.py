@@ -62,7 +62,10 @@ def parse_documents(text: str, *, file: str) -> list[Document]:
         errors.ConfigError: the text is not valid YAML (with the line of the problem) or uses a
             duplicate key.
     """
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # reads the text at once: control characters fail here
+    except yaml.YAMLError as exc:
+        raise errors.ConfigError(f"unreadable YAML: {exc}", file=file) from exc
     documents = []
     try:
         while loader.check_node():

@@ -34,6 +34,7 @@ class KfpStandIn(ThreadingHTTPServer):
         self.requests: list[tuple[str, str]] = []
         self.authorization: list[str | None] = []
         self.unavailable = False  # answer 503 to run look-ups, like an API server in trouble
+        self.lose_create_replies = 0  # create the next N runs, then answer 504 (the reply was lost on the way)
         self.lock = threading.Lock()
 
     @property
@@ -150,5 +151,8 @@ class _Handler(BaseHTTPRequestHandler):
                     "created_at": _now(),
                     "storage_state": "AVAILABLE",
                 }
+                if srv.lose_create_replies > 0:
+                    srv.lose_create_replies -= 1
+                    return self._reply({"error": "upstream request timeout"}, 504)
                 return self._reply(srv.runs[run_id])
         self._reply({"error": f"no route {url.path}"}, 404)

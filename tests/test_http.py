@@ -4,7 +4,6 @@ tokens guard the mutating endpoints."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import sqlite3
@@ -228,15 +227,6 @@ def test_the_json_api_matches_retrain_status(live: Live, coco_mini: Path) -> Non
     assert (folder["connected"], folder["new_events"]) == (True, 4)
 
 
-def request(app: object, method: str, path: str, **kwargs: object) -> httpx.Response:
-    async def send() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-        async with httpx.AsyncClient(transport=transport, base_url="http://daemon") as client:
-            return await client.request(method, path, **kwargs)  # type: ignore[arg-type]
-
-    return asyncio.run(send())
-
-
 @pytest.fixture
 def journal(tmp_path: Path) -> Iterator[journal_sqlite.SqliteJournal]:
     j = journal_sqlite.SqliteJournal(tmp_path / "journal.db")
@@ -254,23 +244,23 @@ def rules_folder(tmp_path: Path) -> Path:
 def test_trigger_needs_the_api_token(tmp_path: Path, journal: journal_sqlite.SqliteJournal) -> None:
     app = apps.app_for(journal, rules_path=rules_folder(tmp_path), api_token=API_TOKEN)
     path = "/api/v1/rules/shelves/trigger"
-    assert request(app, "POST", path).status_code == 401
-    wrong = request(app, "POST", path, headers={"Authorization": "Bearer not-the-token"})
+    assert apps.request(app, "POST", path).status_code == 401
+    wrong = apps.request(app, "POST", path, headers={"Authorization": "Bearer not-the-token"})
     assert wrong.status_code == 401
     assert wrong.headers["www-authenticate"] == "Bearer"
     assert journal.rule_state(rules_of(tmp_path), now=datetime.now(UTC)).manual == ()
 
     auth = {"Authorization": f"Bearer {API_TOKEN}"}
-    accepted = request(app, "POST", path, headers=auth, json={"reason": "new camera", "actor": "ops"})
+    accepted = apps.request(app, "POST", path, headers=auth, json={"reason": "new camera", "actor": "ops"})
     assert accepted.status_code == 202, accepted.text
     [manual] = journal.rule_state(rules_of(tmp_path), now=datetime.now(UTC)).manual
     assert (manual.actor, manual.reason) == ("api:ops", "new camera")
 
-    unknown = request(app, "POST", "/api/v1/rules/nope/trigger", headers=auth)
+    unknown = apps.request(app, "POST", "/api/v1/rules/nope/trigger", headers=auth)
     assert unknown.status_code == 404
     assert "no valid rule 'nope'" in unknown.json()["detail"]
-    assert request(app, "POST", path, headers=auth, json={"reason": ""}).status_code == 422
-    assert request(app, "POST", path, headers=auth, json={"surprise": 1}).status_code == 422
+    assert apps.request(app, "POST", path, headers=auth, json={"reason": ""}).status_code == 422
+    assert apps.request(app, "POST", path, headers=auth, json={"surprise": 1}).status_code == 422
 
 
 def rules_of(tmp_path: Path) -> rules.Rule:
@@ -280,10 +270,10 @@ def rules_of(tmp_path: Path) -> rules.Rule:
 def test_mutating_endpoints_are_off_without_a_token(tmp_path: Path, journal: journal_sqlite.SqliteJournal) -> None:
     app = apps.app_for(journal, rules_path=rules_folder(tmp_path))
     for path in ("/api/v1/rules/shelves/trigger", "/api/v1/models/shelves-detector/rollback"):
-        refused = request(app, "POST", path, headers={"Authorization": "Bearer anything"})
+        refused = apps.request(app, "POST", path, headers={"Authorization": "Bearer anything"})
         assert refused.status_code == 403
         assert "http.api_token" in refused.json()["detail"]
-    assert request(app, "GET", "/api/v1/status").status_code == 200  # reading needs no token
+    assert apps.request(app, "GET", "/api/v1/status").status_code == 200  # reading needs no token
 
 
 def test_rollback_reports_an_unreachable_mlflow_as_503(
@@ -293,8 +283,27 @@ def test_rollback_reports_an_unreachable_mlflow_as_503(
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     app = apps.app_for(journal, rules_path=rules_folder(tmp_path), api_token=API_TOKEN)
     auth = {"Authorization": f"Bearer {API_TOKEN}"}
-    assert request(app, "POST", "/api/v1/models/shelves-detector/rollback", json={"to": "2"}).status_code == 401
-    failed = request(app, "POST", "/api/v1/models/shelves-detector/rollback", headers=auth, json={"to": "2"})
+    assert apps.request(app, "POST", "/api/v1/models/shelves-detector/rollback", json={"to": "2"}).status_code == 401
+    failed = apps.request(app, "POST", "/api/v1/models/shelves-detector/rollback", headers=auth, json={"to": "2"})
     assert failed.status_code == 503
     assert apps.NO_MLFLOW in failed.json()["detail"]
     assert journal.promotions("shelves-detector") == []
+
+
+def test_a_taken_port_stops_retrain_up_with_a_clear_message(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            "RETRAIN_JOURNAL__PATH": str(tmp_path / "journal.db"),
+            "RETRAIN_RULES__PATH": str(tmp_path),
+            "RETRAIN_HTTP__PORT": str(port),
+            "RETRAIN_KFP__LOCAL_PIPELINE_ROOT": str(tmp_path / "runs"),
+        }
+        result = run("up", env=env)
+    assert result.returncode == 2, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "http.port" in result.stderr

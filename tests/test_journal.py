@@ -148,6 +148,31 @@ def test_run_states_only_move_forward(journal: sqlite.SqliteJournal) -> None:
     assert [r.run_key for r in journal.runs(rule="pets", states=frozenset({runs.RunState.SUCCEEDED}))] == [key]
 
 
+def test_a_run_ends_with_its_promotion_record_or_not_at_all(journal: sqlite.SqliteJournal) -> None:
+    sim = Simulation(rule=make_rule(quiet_period="0s"), journal=journal)
+    sim.drop([label("a")])
+    sim.step()
+    key = sim.launches[0].run_key
+    record = base.PromotionRecord(
+        model="pets-detector",
+        version="1",
+        previous_version=None,
+        run_key=key,
+        kind="promoted",
+        actor="daemon",
+        reason="first model",
+        metrics={"map50_95": 0.4},
+        at=T0,
+    )
+    journal.update_run(key, runs.RunState.RUNNING, at=T0)
+    journal.update_run(key, runs.RunState.SUCCEEDED, at=T0 + M, record=record)
+    assert [p.run_key for p in journal.promotions("pets-detector")] == [key]
+    # A refused move writes neither the state nor the record.
+    with pytest.raises(errors.PermanentError):
+        journal.update_run(key, runs.RunState.FAILED, at=T0 + 2 * M, record=record)
+    assert len(journal.promotions("pets-detector")) == 1
+
+
 def test_schedule_ticks_are_journaled_once(journal: sqlite.SqliteJournal) -> None:
     assert journal.record_tick("pets", trigger_index=1, slot=T0, at=T0)
     assert not journal.record_tick("pets", trigger_index=1, slot=T0, at=T0 + M)

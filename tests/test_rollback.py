@@ -11,7 +11,7 @@ from daemon import constants
 from daemon.journal import sqlite
 from tests import apps, services
 from tests.test_cli import run
-from tests.test_http import API_TOKEN, request
+from tests.test_http import API_TOKEN
 
 pytestmark = pytest.mark.services
 
@@ -63,17 +63,17 @@ def test_the_api_rolls_back_with_the_token(mlflow_server: services.MlflowServer,
         app = apps.app_for(journal, tracking_uri=mlflow_server.url, api_token=API_TOKEN)
         path = f"/api/v1/models/{model}/rollback"
         body = {"reason": "v3 misses pallets at night", "actor": "ops"}
-        assert request(app, "POST", path, json=body).status_code == 401
+        assert apps.request(app, "POST", path, json=body).status_code == 401
         assert client.get_model_version_by_alias(model, constants.CHAMPION_ALIAS).version == "3"
 
-        done = request(app, "POST", path, json=body, headers={"Authorization": f"Bearer {API_TOKEN}"})
+        done = apps.request(app, "POST", path, json=body, headers={"Authorization": f"Bearer {API_TOKEN}"})
         assert done.status_code == 200, done.text
         assert done.json() == {"model": model, "previous": "3", "champion": "1", "actor": "api:ops"}
         assert client.get_model_version_by_alias(model, constants.CHAMPION_ALIAS).version == "1"
         [record] = journal.promotions(model)
         assert (record.kind, record.version, record.actor) == ("rollback", "1", "api:ops")
 
-        missing = request(app, "POST", path, json={"to": "99"}, headers={"Authorization": f"Bearer {API_TOKEN}"})
+        missing = apps.request(app, "POST", path, json={"to": "99"}, headers={"Authorization": f"Bearer {API_TOKEN}"})
         assert missing.status_code == 409
         assert "v99" in missing.json()["detail"]
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import threading
@@ -204,14 +203,8 @@ def test_journal_unavailable_gives_503_so_minio_retries(
 
 
 def post_in_process(receiver: webhook.WebhookReceiver, content: bytes) -> httpx.Response:
-    """One request through the ASGI app without a socket (fast enough for fuzzing)."""
-
-    async def send() -> httpx.Response:
-        transport = httpx.ASGITransport(app=apps.app_for(receiver.sink.journal, receiver=receiver))
-        async with httpx.AsyncClient(transport=transport, base_url="http://daemon") as client:
-            return await client.post("/events/minio", content=content, headers=AUTH)
-
-    return asyncio.run(send())
+    app = apps.app_for(receiver.sink.journal, receiver=receiver)
+    return apps.request(app, "POST", "/events/minio", content=content, headers=AUTH)
 
 
 def test_webhook_disabled_without_a_token(journal: sqlite.SqliteJournal) -> None:

@@ -146,8 +146,11 @@ class Journal(abc.ABC):
         metrics: dict[str, Any] | None = None,
         promotion: dict[str, Any] | None = None,
         error: str | None = None,
+        record: PromotionRecord | None = None,
     ) -> runs.RunRecord:
-        """Move a run forward. Raises :class:`daemon.errors.PermanentError` on an illegal transition."""
+        """Move a run forward; ``record`` (the gate's outcome) is journaled in the same transaction, so a run
+        is never final without its promotion record. Raises :class:`daemon.errors.PermanentError` on an
+        illegal transition."""
 
     @abc.abstractmethod
     def get_run(self, run_key: ids.RunKey) -> runs.RunRecord | None:

@@ -635,6 +635,7 @@ class SqliteJournal(base.Journal):
         metrics: dict[str, Any] | None = None,
         promotion: dict[str, Any] | None = None,
         error: str | None = None,
+        record: base.PromotionRecord | None = None,
     ) -> runs.RunRecord:
         with self._transaction() as db:
             row = db.execute(f"SELECT {self._RUN_COLUMNS} FROM runs WHERE run_key = ?", (run_key,)).fetchone()  # noqa: S608
@@ -658,6 +659,8 @@ class SqliteJournal(base.Journal):
                     run_key,
                 ),
             )
+            if record is not None:
+                self._insert_promotion(db, record)
             updated = db.execute(f"SELECT {self._RUN_COLUMNS} FROM runs WHERE run_key = ?", (run_key,)).fetchone()  # noqa: S608
         return self._run(updated)
 
@@ -725,21 +728,25 @@ class SqliteJournal(base.Journal):
     # --- promotions -------------------------------------------------------------------------------
     def record_promotion(self, record: base.PromotionRecord) -> None:
         with self._transaction() as db:
-            db.execute(
-                "INSERT INTO promotions (model, version, previous_version, run_key, kind, actor, reason, metrics, at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.model,
-                    record.version,
-                    record.previous_version,
-                    record.run_key,
-                    record.kind,
-                    record.actor,
-                    record.reason,
-                    json.dumps(record.metrics),
-                    _ts(record.at),
-                ),
-            )
+            self._insert_promotion(db, record)
+
+    @staticmethod
+    def _insert_promotion(db: sqlite3.Connection, record: base.PromotionRecord) -> None:
+        db.execute(
+            "INSERT INTO promotions (model, version, previous_version, run_key, kind, actor, reason, metrics, at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.model,
+                record.version,
+                record.previous_version,
+                record.run_key,
+                record.kind,
+                record.actor,
+                record.reason,
+                json.dumps(record.metrics),
+                _ts(record.at),
+            ),
+        )
 
     def promotions(self, model: str | None = None, *, limit: int = 20) -> list[base.PromotionRecord]:
         query = "SELECT model, version, previous_version, run_key, kind, actor, reason, metrics, at FROM promotions"

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from daemon import failpoints
 from daemon.journal import base as journal_base
 from daemon.model import events
 
@@ -96,14 +97,20 @@ class EventSink:
     journal: journal_base.Journal
     board: StatusBoard
     clock: Clock
+    on_new: Callable[[], None] | None = None
+    """Called after a batch brought events the journal did not have (the daemon wakes its loop)."""
 
     def deliver(self, source: str, batch: Sequence[events.SourceEvent]) -> journal_base.AppendResult:
         """Journal ``batch`` (one transaction) and count it for ``source``. Raises what the journal raises."""
         if not batch:
             return journal_base.AppendResult(new=0, duplicates=0)
         now = self.clock()
+        failpoints.hit("event_received")
         result = self.journal.append_events(batch, received_at=now)
+        failpoints.hit("event_journaled")
         self.board.add(source, events=len(batch), new_events=result.new)
         self.board.count_kinds(source, (event.kind.value for event in batch))
         self.board.update(source, last_event_at=now)
+        if result.new and self.on_new is not None:
+            self.on_new()
         return result

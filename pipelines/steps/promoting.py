@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon import constants
+from daemon import constants, failpoints
 from daemon.engine import gating
 from daemon.model import rules
 from pipelines.steps import training
@@ -105,6 +105,7 @@ def evaluate_and_promote(
             reason = f"champion moved from v{expected} to v{now} during evaluation; {verdict.reason}"
         else:
             client.set_registered_model_alias(registered_name, constants.CHAMPION_ALIAS, version.version)
+            failpoints.hit("promotion_done")
     client.set_model_version_tag(registered_name, version.version, constants.TAG_GATE_DECISION, decision)
     client.set_model_version_tag(registered_name, version.version, constants.TAG_GATE_REASON, reason)
     client.set_tag(run_id, constants.TAG_GATE_DECISION, decision)

@@ -19,8 +19,10 @@ from daemon import constants
 
 
 def prepare_offline(config_dir: Path | None = None) -> Path:
-    """Point Ultralytics at a config dir with a font, and switch off every download."""
-    directory = config_dir or Path(tempfile.gettempdir()) / "retrain-yolo-config"
+    """Point Ultralytics at a config dir with a font, and switch off every download. The trainer image sets
+    ``YOLO_CONFIG_DIR`` to a folder with the font baked in; elsewhere a temporary folder gets a copy."""
+    configured = os.environ.get("YOLO_CONFIG_DIR")
+    directory = config_dir or (Path(configured) if configured else Path(tempfile.gettempdir()) / "retrain-yolo-config")
     (directory / "Ultralytics").mkdir(parents=True, exist_ok=True)
     font = directory / "Ultralytics" / "Arial.ttf"
     if not font.exists():

@@ -1,0 +1,194 @@
+"""Trigger latency: from a label file landing to the launcher being called, per source.
+
+The real daemon (``Reactor``: sources, journal, engine, the loop) runs with a rule that fires on every
+new label (``min_new_labels: 1``, ``quiet_period: 0s``, no cooldown); its launcher only records when it is
+called (and reports the run finished at once), so what is timed is the daemon's own path: detection,
+journaling, deciding, the intent, the manifest and the launcher call. Each trial lands one new label:
+
+- **folder**: a file written and closed in an inotify-watched folder (timed from the close);
+- **webhook**: uploaded to the real S3 server, then the MinIO notification body for it POSTed to the
+  daemon's webhook, as MinIO would (timed from the start of the upload);
+- **reconcile**: uploaded to the real S3 server and found by the periodic reconcile
+  (``sources.reconcile_interval_s``, 1 s here; 300 s by default), timed from the start of the upload.
+
+    python benchmarks/trigger_latency.py [--trials 200] [--sources folder,webhook,reconcile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import threading
+import time
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
+import httpx
+from common import ROOT, emit, percentiles
+
+from daemon import reactor, settings
+from daemon.launchers import base as launcher_base
+from daemon.model import ids, runs
+
+LABEL = b"0 0.5 0.5 0.2 0.2\n"
+TOKEN = "bench-webhook-token-0123456789abcdef"  # noqa: S105 - a throwaway token for a local benchmark
+SAMPLE = ROOT.parent / "shared" / "events" / "minio-put-sample.json"
+RULE = """name: latency
+dataset: {{source: "{source}"}}
+model: {{registered_name: latency-detector}}
+triggers:
+  - new_labels: {{min_new_labels: 1, quiet_period: 0s}}
+limits: {{cooldown: 0s, max_concurrent_runs: 1}}
+"""
+
+
+class RecordingLauncher(launcher_base.Launcher):
+    """Records when it is called; every run it is given has finished by the next look."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float]] = []
+        self.called = threading.Condition()
+
+    def submit(self, run_key: ids.RunKey, spec: dict[str, Any]) -> launcher_base.RunStatus:
+        with self.called:
+            self.calls.append((run_key, time.monotonic()))
+            self.called.notify_all()
+        return launcher_base.RunStatus(run_key=run_key, state=runs.RunState.RUNNING, backend_run_id=run_key)
+
+    def find(self, run_key: ids.RunKey) -> launcher_base.RunStatus | None:
+        if any(key == run_key for key, _ in self.calls):
+            return launcher_base.RunStatus(run_key=run_key, state=runs.RunState.SUCCEEDED, backend_run_id=run_key)
+        return None
+
+    def wait_for(self, count: int, timeout_s: float = 30.0) -> float:
+        with self.called:
+            assert self.called.wait_for(lambda: len(self.calls) >= count, timeout_s), "the launcher was not called"
+            return self.calls[count - 1][1]
+
+
+class Bench:
+    def __init__(self, folder: Path, source: str, *overrides: str, environ: dict[str, str] | None = None) -> None:
+        rules = folder / "rules"
+        rules.mkdir(parents=True)
+        (rules / "latency.yaml").write_text(RULE.format(source=source))
+        config = settings.load(
+            environ=environ or {},
+            overrides=[
+                f"journal.path={folder / 'journal.db'}",
+                f"rules.path={rules}",
+                f"kfp.local_pipeline_root={folder / 'runs'}",
+                f"mlflow.tracking_uri=sqlite:///{folder / 'mlflow.db'}",
+                "http.port=0",
+                "logging.level=warning",
+                *overrides,
+            ],
+        )
+        self.daemon = reactor.Reactor(config)
+        self.launcher = RecordingLauncher()
+        self.daemon.launcher = self.launcher
+        self.thread = threading.Thread(target=self.daemon.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while self.daemon.last_loop_at is None:
+            assert time.monotonic() < deadline, "the daemon did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.daemon.stop()
+        self.thread.join(30)
+
+
+def folder_trials(root: Path, trials: int) -> list[float]:
+    data = root / "data"
+    (data / "labels" / "train").mkdir(parents=True)
+    bench = Bench(root / "daemon", f"file://{data}")
+    latencies = []
+    try:
+        for trial in range(trials + 1):  # the first is a warm-up (imports on the first launch)
+            with (data / "labels" / "train" / f"{trial:05d}.txt").open("wb") as label:
+                label.write(LABEL)
+            landed = time.monotonic()
+            called = bench.launcher.wait_for(trial + 1)
+            if trial:
+                latencies.append(called - landed)
+    finally:
+        bench.stop()
+    return latencies
+
+
+def s3_trials(root: Path, trials: int, *, via: str) -> list[float]:
+    from tests import services
+
+    server = services.S3Server(workdir=root / "seaweedfs").start()
+    client = server.client()
+    client.make_bucket("datasets")
+    environ = {
+        "RETRAIN_SOURCES__S3__ACCESS_KEY": server.access_key,
+        "RETRAIN_SOURCES__S3__SECRET_KEY": server.secret_key,
+    }
+    interval = "1" if via == "reconcile" else "3600"
+    overrides = [
+        f"sources.s3.endpoint={server.endpoint}",
+        "sources.s3.secure=false",
+        f"sources.reconcile_interval_s={interval}",
+    ]
+    if via == "webhook":
+        overrides.append(f"sources.webhook_token={TOKEN}")
+    bench = Bench(root / "daemon", "s3://datasets/latency/", *overrides, environ=environ)
+    sample = json.loads(SAMPLE.read_text())
+    latencies = []
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{bench.daemon.http_port}") as http:
+            for trial in range(trials + 1):
+                key = f"latency/labels/train/{trial:05d}.txt"
+                landed = time.monotonic()
+                put = client.put_object("datasets", key, BytesIO(LABEL), len(LABEL))
+                if via == "webhook":
+                    body = copy.deepcopy(sample)
+                    record = body["Records"][0]
+                    record["s3"]["bucket"]["name"] = "datasets"
+                    record["s3"]["object"].update(key=quote_plus(key), eTag=put.etag, size=len(LABEL))
+                    reply = http.post("/events/minio", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+                    assert reply.status_code == 200 and reply.json()["journaled"] == 1, reply.text
+                called = bench.launcher.wait_for(trial + 1)
+                if trial:
+                    latencies.append(called - landed)
+    finally:
+        bench.stop()
+        server.stop()
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--sources", default="folder,webhook,reconcile")
+    args = parser.parse_args()
+    results: dict[str, Any] = {}
+    for source in args.sources.split(","):
+        with tempfile.TemporaryDirectory(prefix="retrain-bench-") as folder:
+            if source == "folder":
+                latencies = folder_trials(Path(folder), args.trials)
+            else:
+                latencies = s3_trials(Path(folder), args.trials, via=source)
+        results[source] = percentiles(latencies)
+    emit(
+        "trigger_latency",
+        {
+            "unit": "seconds",
+            "quiet_period_s": 0,
+            "reconcile_interval_s": 1,
+            "loop_tick_s": 1.0,
+            "sources": results,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
