@@ -16,7 +16,6 @@ slow MLflow never blocks the probes.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -125,8 +124,7 @@ def require_token(request: Request, ctx: Ctx) -> None:
     """Refuse a mutating request without the API token (403 when none is configured)."""
     if ctx.api_token is None:
         raise HTTPException(403, "mutating endpoints are disabled: set http.api_token (RETRAIN_HTTP__API_TOKEN)")
-    scheme, _, presented = (request.headers.get("authorization") or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), ctx.api_token.encode()):
+    if not webhook.bearer_matches(request.headers.get("authorization"), ctx.api_token):
         log.warning("api_unauthorized", path=request.url.path)
         raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 

@@ -26,24 +26,45 @@ def configure(config: settings.MlflowSettings) -> None:
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
 
 
-class MlflowMetrics:
+class _Mlflow:
+    """An MLflow client opened on first use: the daemon starts, and keeps running, whatever state MLflow is in
+    (a local ``sqlite:///`` store is opened, and migrated, only when a run needs it)."""
+
+    def __init__(self, *, tracking_uri: str, registry_uri: str | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.registry_uri = registry_uri
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            try:
+                self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+            except Exception as exc:
+                raise errors.ServiceUnavailable(
+                    service="MLflow", endpoint=self.tracking_uri, detail=f"opening the tracking store: {exc}"
+                ) from exc
+        return self._client
+
+    def _fail(self, exc: Exception, doing: str) -> errors.RetrainError:
+        if isinstance(exc, errors.RetrainError):
+            return exc
+        if isinstance(exc, MlflowException) and str(exc.error_code) in _NOT_FOUND:
+            return errors.PermanentError(f"MLflow at {self.tracking_uri}: {doing}: {errors.truncate(str(exc))}")
+        return errors.ServiceUnavailable(service="MLflow", endpoint=self.tracking_uri, detail=f"{doing}: {exc}")
+
+    @staticmethod
+    def _missing(exc: Exception) -> bool:
+        return isinstance(exc, MlflowException) and str(exc.error_code) in _NOT_FOUND
+
+
+class MlflowMetrics(_Mlflow):
     """Live metrics and champion metrics from an MLflow server.
 
     Args:
         tracking_uri: the tracking server (``http://...``) or a local store (``sqlite:///...``).
         registry_uri: the registry, when it differs.
     """
-
-    def __init__(self, *, tracking_uri: str, registry_uri: str | None = None) -> None:
-        self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
-
-    def _fail(self, exc: Exception, doing: str) -> errors.RetrainError:
-        return errors.ServiceUnavailable(service="MLflow", endpoint=self.tracking_uri, detail=f"{doing}: {exc}")
-
-    @staticmethod
-    def _missing(exc: Exception) -> bool:
-        return isinstance(exc, MlflowException) and str(exc.error_code) in _NOT_FOUND
 
     def live_metric(self, *, experiment: str, metric: str) -> float | None:
         try:
@@ -84,24 +105,15 @@ class MlflowMetrics:
         return float(value) if value is not None else None
 
 
-class MlflowRegistry:
+class MlflowRegistry(_Mlflow):
     """Moves the champion alias (rollback) and reads version history."""
-
-    def __init__(self, *, tracking_uri: str, registry_uri: str | None = None) -> None:
-        self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
-
-    def _fail(self, exc: Exception, doing: str) -> errors.RetrainError:
-        if isinstance(exc, MlflowException) and str(exc.error_code) in _NOT_FOUND:
-            return errors.PermanentError(f"MLflow at {self.tracking_uri}: {doing}: {errors.truncate(str(exc))}")
-        return errors.ServiceUnavailable(service="MLflow", endpoint=self.tracking_uri, detail=f"{doing}: {exc}")
 
     def champion(self, model: str) -> str | None:
         """The champion's version, or None."""
         try:
             return str(self.client.get_model_version_by_alias(model, constants.CHAMPION_ALIAS).version)
         except Exception as exc:
-            if MlflowMetrics._missing(exc):
+            if self._missing(exc):
                 return None
             raise self._fail(exc, f"reading the champion of {model}") from exc
 

@@ -31,6 +31,12 @@ log = logs.get_logger(__name__)
 NAME = "webhook"
 
 
+def bearer_matches(authorization: str | None, token: str) -> bool:
+    """True when an ``Authorization`` header carries ``Bearer <token>`` (compared in constant time)."""
+    scheme, _, presented = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
+
+
 @dataclass(frozen=True, kw_only=True)
 class Reply:
     status: int
@@ -54,12 +60,7 @@ class WebhookReceiver:
     locations: Callable[[], Mapping[str, datasets.DatasetLocation]]
 
     def authorized(self, authorization: str | None) -> bool:
-        if self.token is None or authorization is None:
-            return False
-        scheme, _, presented = authorization.partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        return hmac.compare_digest(presented.strip().encode(), self.token.encode())
+        return self.token is not None and bearer_matches(authorization, self.token)
 
     def _reject(self, status: int, message: str) -> Reply:
         self.sink.board.add(NAME, rejected=1)
