@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common import emit
 
-from daemon import reactor, settings
+from daemon import logs, reactor, settings
 from pipelines import synthetic
 
 RULE = """name: overhead
@@ -80,6 +80,7 @@ def main() -> None:
                 "logging.level=warning",
             ],
         )
+        logs.configure(config.logging, stream=sys.stderr)  # stdout carries only the JSON figures
         daemon = reactor.Reactor(config)
         thread = threading.Thread(target=daemon.run, daemon=True)
         started = time.monotonic()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import tempfile
 import threading
 import time
@@ -30,7 +31,7 @@ from urllib.parse import quote_plus
 import httpx
 from common import ROOT, emit, percentiles
 
-from daemon import reactor, settings
+from daemon import logs, reactor, settings
 from daemon.launchers import base as launcher_base
 from daemon.model import ids, runs
 
@@ -89,6 +90,7 @@ class Bench:
                 *overrides,
             ],
         )
+        logs.configure(config.logging, stream=sys.stderr)  # stdout carries only the JSON figures
         self.daemon = reactor.Reactor(config)
         self.launcher = RecordingLauncher()
         self.daemon.launcher = self.launcher
