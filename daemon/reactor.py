@@ -550,8 +550,10 @@ class Reactor:
         )
         if record is not None:
             self.metrics.promotions.labels(model, record.kind).inc()
-            log.info(
-                "run_succeeded",
+            succeeded = status.state is runs.RunState.SUCCEEDED
+            (log.info if succeeded else log.warning)(
+                "run_succeeded" if succeeded else "run_ended_after_promotion",
+                state=status.state.value,
                 model=model,
                 version=promotion.get("version"),
                 decision=promotion.get("decision"),
