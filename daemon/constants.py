@@ -14,6 +14,8 @@ ENV_NESTED_DELIMITER: Final = "__"
 ENV_CONFIG_FILE: Final = "RETRAIN_CONFIG"
 #: Environment variable that arms one failpoint (fault-injection tests only; see ``daemon/failpoints.py``).
 ENV_FAILPOINT: Final = "RETRAIN_FAILPOINT"
+#: Environment variable naming a folder where every failpoint that fires leaves a marker file first.
+ENV_FAILPOINT_MARKERS: Final = "RETRAIN_FAILPOINT_MARKERS"
 
 #: The MLflow registered-model alias that production serves.
 CHAMPION_ALIAS: Final = "champion"

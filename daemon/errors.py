@@ -8,13 +8,21 @@ catches a kfp, mlflow or minio exception. Loops tell the two families apart:
 - :class:`PermanentError`: retrying the same thing fails the same way (a broken rule file, a malformed
   event, a corrupt image). Loops record the failure, report it clearly, and move on.
 
+Each service client maps the service's own failures once, onto :class:`NotFound`, :class:`InvalidRequest`,
+:class:`Unauthorized` (permanent: asking again gives the same answer) or :class:`ServiceUnavailable`
+(temporary). The journal adds its own kinds: :class:`JournalUnwritable` (a full or read-only volume) and
+:class:`JournalBug` (a constraint violated: never retried).
+
 Messages say what happened, the likely cause and what happens next. Remote error bodies are truncated
-with :func:`truncate` before they reach a message, and no message ever carries a secret.
+with :func:`truncate` before they reach a message, and no message ever carries a secret: credentials
+inside URIs are redacted (:mod:`daemon.redaction`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from daemon import redaction
 
 #: Remote error bodies longer than this are cut before they reach a log line or an exception message.
 MAX_REMOTE_BODY_CHARS = 256
@@ -22,6 +30,7 @@ MAX_REMOTE_BODY_CHARS = 256
 
 def truncate(text: str, limit: int = MAX_REMOTE_BODY_CHARS) -> str:
     """Cut ``text`` to ``limit`` characters, saying how much was left out."""
+    text = redaction.redact(text)
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... [{len(text) - limit} more characters]"
@@ -51,15 +60,44 @@ class ServiceUnavailable(TemporaryError):
 
     def __init__(self, *, service: str, endpoint: str, detail: str, retry_in_s: float | None = None) -> None:
         self.service = service
-        self.endpoint = endpoint
+        self.endpoint = redaction.redact(endpoint)
         self.detail = truncate(detail)
         self.retry_in_s = retry_in_s
         then = f"; will retry in {retry_in_s:g} s" if retry_in_s is not None else ""
-        super().__init__(f"{service} at {endpoint} is unavailable: {self.detail}{then}")
+        super().__init__(f"{service} at {self.endpoint} is unavailable: {self.detail}{then}")
+
+
+class NotFound(PermanentError):
+    """The service answered that what was asked for does not exist (a model, a version, an alias)."""
+
+
+class InvalidRequest(PermanentError):
+    """The service refused the request as malformed (a bad filter, a bad parameter): a bug or bad input."""
+
+
+class Unauthorized(PermanentError):
+    """The service refused the daemon's credentials: fix the credentials, retrying will not help."""
 
 
 class InvalidInput(PermanentError):
     """Input from outside (an event, a label file, an image) that cannot be accepted as it is."""
+
+
+class JournalUnwritable(TemporaryError):
+    """The journal's volume refuses writes (full, read-only, I/O errors). Callers keep their input and retry
+    (a webhook answers 503, a source keeps its queue); ``/readyz`` names the cause until a write lands."""
+
+    def __init__(self, *, path: str, cause: str, doing: str) -> None:
+        self.path = path
+        self.cause = cause
+        super().__init__(
+            f"journal {path} cannot be written ({doing}): {cause}; free space or fix the volume, input is kept "
+            "and retried"
+        )
+
+
+class JournalBug(PermanentError):
+    """The journal refused a write that breaks one of its invariants (a constraint): a bug, never retried."""
 
 
 class ConfigError(PermanentError):

@@ -9,21 +9,25 @@ Sources, lowest precedence first:
    ``RETRAIN_SOURCES__S3__ENDPOINT``): this is how Kubernetes Secrets reach the daemon;
 4. CLI flags (``--set kfp.launcher=kfp`` and the named flags of each command).
 
-Secrets are :class:`pydantic.SecretStr`: their repr, ``str`` and JSON dump read ``**********``. Nothing
-else in the package reads ``os.environ``.
+pydantic-settings merges the layers and parses nested environment variables; ``daemon.settings_sources``
+remembers where each value came from, so that an error names the file and line, the variable or the flag.
+Secrets are :class:`pydantic.SecretStr`: their repr, ``str`` and JSON dump read ``**********``; URIs with
+credentials in them are shown redacted by :func:`describe`. Only the CLI (``os.environ`` passed to
+:func:`load`), the failpoints and the MLflow client's own request policy read the environment.
 """
 
 from __future__ import annotations
 
-import difflib
+import contextvars
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from daemon import constants, errors, yamlfile
+from daemon import constants, errors, redaction, settings_sources
 
 
 class _Group(BaseModel):
@@ -38,6 +42,9 @@ class JournalSettings(_Group):
     does not work on network filesystems (NFS, SMB)."""
     busy_timeout_s: float = Field(default=5.0, gt=0)
     """How long a writer waits for a lock held by another connection, in seconds."""
+    min_free_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+    """Free space the journal's volume must keep, in bytes: below it ``/readyz`` reports the journal as not
+    writable (a full disk would refuse the next event)."""
 
 
 class S3Settings(_Group):
@@ -78,6 +85,9 @@ class SourcesSettings(_Group):
     """Seconds between two polls when ``folder_polling`` is on."""
     folder_rescan_interval_s: float = Field(default=600.0, gt=0)
     """Seconds between two full rescans of a watched folder (recovers events inotify dropped)."""
+    unwatched_retry_s: float = Field(default=30.0, gt=0)
+    """Seconds between two attempts to watch a dataset that cannot be watched yet (a folder whose volume is
+    not mounted, an S3 dataset without an endpoint): reported meanwhile by ``/readyz`` and the status."""
 
 
 class KfpSettings(_Group):
@@ -95,6 +105,12 @@ class KfpSettings(_Group):
     """Authenticate with the projected service-account token of the daemon's pod."""
     poll_interval_s: float = Field(default=30.0, gt=0)
     """Seconds between two polls of a run's state."""
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    """Timeout of one request to the KFP API, in seconds (connect and read)."""
+    inputs_uri: str | None = None
+    """Where the daemon puts each run's inputs (the snapshot manifest) for the run's pods to read, by content
+    hash: ``s3://bucket/prefix/`` (written with the ``sources.s3`` credentials). Required with launcher
+    ``kfp``: a pipeline pod cannot read the daemon's disk. Unset with the local launcher: the run's folder."""
     run_timeout_s: float = Field(default=86_400.0, gt=0)
     """A run still not finished after this many seconds is reported as timed out (it is not killed)."""
     local_pipeline_root: Path = Path(".retrain/kfp")
@@ -197,8 +213,10 @@ class RulesSettings(_Group):
     """Folder of ``*.yaml`` rule files, watched and hot-reloaded (a mounted ConfigMap in a pod)."""
 
 
-class Settings(_Group):
+class Settings(BaseSettings):
     """Everything the daemon can be configured with."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     journal: JournalSettings = JournalSettings()
     sources: SourcesSettings = SourcesSettings()
@@ -210,107 +228,66 @@ class Settings(_Group):
     shutdown: ShutdownSettings = ShutdownSettings()
     rules: RulesSettings = RulesSettings()
 
+    @model_validator(mode="after")
+    def _check_cluster_path(self) -> Settings:
+        if self.kfp.launcher == "kfp":
+            if not self.kfp.host:
+                raise ValueError("launcher kfp needs kfp.host (RETRAIN_KFP__HOST)")
+            if not (self.kfp.inputs_uri or "").startswith("s3://"):
+                raise ValueError(
+                    "launcher kfp needs kfp.inputs_uri (s3://bucket/prefix/): runs on the cluster read their "
+                    "inputs from there, never from the daemon's disk"
+                )
+        if self.kfp.inputs_uri is not None and not self.kfp.inputs_uri.startswith("s3://"):
+            raise ValueError(f"kfp.inputs_uri must be s3://bucket/prefix/, got {self.kfp.inputs_uri!r}")
+        if self.kfp.inputs_uri is not None and not self.sources.s3.endpoint:
+            raise ValueError("kfp.inputs_uri needs sources.s3.endpoint (RETRAIN_SOURCES__S3__ENDPOINT)")
+        return self
 
-# --- building -----------------------------------------------------------------------------------------
-
-#: Where a value came from, by dotted field path: a file position, an env var or a flag.
-_Origins = dict[str, str]
-
-
-def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    node = tree
-    for part in path[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
-        node = child
-    node[path[-1]] = value
-
-
-def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _walk_leaves(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterable[tuple[str, ...]]:
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            yield from _walk_leaves(value, (*prefix, str(key)))
-        else:
-            yield (*prefix, str(key))
-
-
-def _from_file(path: Path, origins: _Origins) -> dict[str, Any]:
-    documents = yamlfile.load_file(path)
-    if not documents:
-        return {}
-    if len(documents) > 1:
-        raise errors.ConfigError("a settings file holds one YAML document", file=path)
-    document = documents[0]
-    if not isinstance(document.value, dict):
-        raise errors.ConfigError("a settings file must be a mapping of groups", file=path, line=1)
-    for leaf in _walk_leaves(document.value):
-        origins[".".join(leaf)] = f"{path}:{document.line_of(leaf)}"
-    return document.value
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags over the environment over the file over the defaults (:func:`load` supplies them)."""
+        layers = _LAYERS.get()
+        if layers is None:
+            return ()
+        file, variables, flags = layers
+        return (
+            settings_sources.MappingSource(settings_cls, tree=flags),
+            settings_sources.EnvironmentSource(settings_cls, variables=variables),
+            settings_sources.MappingSource(settings_cls, tree=file),
+        )
 
 
-def _from_environ(environ: Mapping[str, str], origins: _Origins) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for name, value in environ.items():
-        if not name.startswith(constants.ENV_PREFIX) or name in (constants.ENV_CONFIG_FILE, constants.ENV_FAILPOINT):
-            continue
-        path = name[len(constants.ENV_PREFIX) :].lower().split(constants.ENV_NESTED_DELIMITER)
-        _set_path(tree, path, value)
-        origins[".".join(path)] = f"environment variable {name}"
-    return tree
+#: The layers :func:`load` hands to :meth:`Settings.settings_customise_sources` while it builds.
+_LAYERS: contextvars.ContextVar[tuple[dict[str, Any], dict[str, str], dict[str, Any]] | None] = contextvars.ContextVar(
+    "settings_layers", default=None
+)
 
 
-def _from_overrides(overrides: Iterable[str], origins: _Origins) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise errors.ConfigError(f"--set expects KEY=VALUE, e.g. kfp.launcher=kfp; got {item!r}")
-        path = key.strip().split(".")
-        _set_path(tree, path, value)
-        origins[".".join(path)] = f"--set {key.strip()}"
-    return tree
-
-
-def _known_fields(model: type[BaseModel], path: list[str]) -> list[str]:
-    """The valid field names at ``path`` inside ``model`` (for "did you mean" suggestions)."""
-    current: type[BaseModel] = model
-    for part in path:
-        field = current.model_fields.get(part)
-        annotation = field.annotation if field is not None else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        current = annotation
-    return list(current.model_fields)
-
-
-def _translate(exc: pydantic.ValidationError, origins: _Origins) -> errors.ConfigErrors:
+def _translate(exc: pydantic.ValidationError, origins: settings_sources.Origins) -> list[errors.ConfigError]:
     found = []
     for item in exc.errors():
         path = [str(p) for p in item["loc"]]
         dotted = ".".join(path)
-        origin = origins.get(dotted, "defaults")
-        message = item["msg"]
+        origin = origins.of(dotted) if path else "the combination of settings"
+        message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(path[-1], _known_fields(Settings, path[:-1]), n=1)
-            message = "unknown setting" + (f"; did you mean {close[0]!r}?" if close else "")
+            message = "unknown setting" + settings_sources.suggest(
+                path[-1], settings_sources.known_fields(Settings, path[:-1])
+            )
         file, _, line = origin.rpartition(":")
         if file and line.isdigit():
-            found.append(errors.ConfigError(message, file=file, line=int(line), field=dotted))
+            found.append(errors.ConfigError(message, file=file, line=int(line), field=dotted or None))
         else:
-            found.append(errors.ConfigError(f"{message} (from {origin})", field=dotted))
-    return errors.ConfigErrors(found)
+            found.append(errors.ConfigError(f"{message} (from {origin})", field=dotted or None))
+    return found
 
 
 def load(
@@ -323,7 +300,8 @@ def load(
 
     Args:
         config_file: a YAML settings file; ``None`` uses ``RETRAIN_CONFIG`` from ``environ`` if set.
-        environ: the process environment (the CLI passes ``os.environ``; tests pass a dict).
+        environ: the process environment (the CLI passes ``os.environ``; tests pass a dict). Variables that
+            are not settings (Kubernetes service links) are left alone; misspelt settings are errors.
         overrides: ``KEY=VALUE`` strings with dotted keys, from ``--set`` and named flags.
 
     Returns:
@@ -333,23 +311,30 @@ def load(
         errors.ConfigErrors: every problem found, each naming where the bad value came from.
     """
     environ = environ if environ is not None else {}
-    origins: _Origins = {}
+    origins = settings_sources.Origins()
     if config_file is None and environ.get(constants.ENV_CONFIG_FILE):
         config_file = Path(environ[constants.ENV_CONFIG_FILE])
+    variables, problems = settings_sources.settings_variables(environ, model=Settings)
     try:
-        tree: dict[str, Any] = {}
-        if config_file is not None:
-            tree = _merge(tree, _from_file(config_file, origins))
-        tree = _merge(tree, _from_environ(environ, origins))
-        tree = _merge(tree, _from_overrides(overrides, origins))
+        file = settings_sources.file_tree(config_file, origins) if config_file is not None else {}
+        settings_sources.record_environment(variables, origins)
+        flags = settings_sources.overrides_tree(overrides, origins)
     except errors.ConfigError as exc:
-        raise errors.ConfigErrors([exc]) from exc
+        raise errors.ConfigErrors([exc, *problems]) from exc
+    token = _LAYERS.set((file, variables, flags))
     try:
-        return Settings.model_validate(tree)
+        built = Settings()
     except pydantic.ValidationError as exc:
-        raise _translate(exc, origins) from exc
+        raise errors.ConfigErrors([*_translate(exc, origins), *problems]) from exc
+    finally:
+        _LAYERS.reset(token)
+    if problems:
+        raise errors.ConfigErrors(problems)
+    return built
 
 
 def describe(settings: Settings) -> dict[str, Any]:
-    """The settings as plain data for display: secrets appear as ``**********``, paths as strings."""
-    return settings.model_dump(mode="json")
+    """The settings as plain data for display: secrets appear as ``**********``, credentials inside URIs
+    as ``***``, paths as strings."""
+    shown: dict[str, Any] = redaction.redact_tree(settings.model_dump(mode="json"))
+    return shown

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import services
+from tests.support import services
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -1,0 +1,66 @@
+"""The benchmark scripts run (small sizes) and print one JSON object of figures each. Their figures are
+not judged here: speed lives in benchmarks/ and BENCHMARKS.md, never in asserted timings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def bench(name: str, *args: str, tmp_path: Path) -> dict[str, object]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
+    env["BENCH_RESULTS"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=800,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = json.loads(done.stdout)
+    assert printed == json.loads((tmp_path / f"{name}.json").read_text())
+    assert printed["benchmark"] == name
+    return printed
+
+
+def test_ingest(tmp_path: Path) -> None:
+    figures = bench("ingest", "--bursts", "2000", tmp_path=tmp_path)
+    [burst] = figures["bursts"]  # type: ignore[misc]
+    assert (burst["new"], burst["duplicates"]) == (1000, 1000)
+
+
+def test_trigger_latency(tmp_path: Path) -> None:
+    figures = bench("trigger_latency", "--trials", "3", "--sources", "folder,webhook,reconcile", tmp_path=tmp_path)
+    for source in ("folder", "webhook", "reconcile"):
+        assert figures["sources"][source]["n"] == 3  # type: ignore[index]
+
+
+def test_reconcile_scale(tmp_path: Path) -> None:
+    args = ["--sizes", "300", "--poll-trials", "2", "--poll-interval", "0.5"]
+    figures = bench("reconcile_scale", *args, tmp_path=tmp_path)
+    [size] = figures["sizes"]  # type: ignore[misc]
+    assert size["daemon_full_reconcile"]["result"]["new_events"] == 300
+    assert size["daemon_incremental_reconcile"]["result"]["new_events"] == 0
+    assert size["polling_sensor"]["objects_listed_per_tick"] >= 300
+
+
+def test_footprint(tmp_path: Path) -> None:
+    figures = bench("footprint", "--idle-s", "2", "--burst", "300", "--rules", "3", tmp_path=tmp_path)
+    assert figures["burst"]["files"] == 300  # type: ignore[index]
+
+
+def test_pipeline_overhead(tmp_path: Path) -> None:
+    figures = bench("pipeline_overhead", "--images", "16", "--epochs", "1", tmp_path=tmp_path)
+    assert "train-model" in figures["pipeline_tasks_s"]  # type: ignore[operator]

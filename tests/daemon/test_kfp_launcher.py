@@ -1,0 +1,193 @@
+"""The KFP API launcher: the real kfp client over HTTP against a stand-in with KFP's response shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon import errors, settings
+from daemon.launchers import kfp as kfp_launcher
+from daemon.model import ids, runs
+from pipelines import training
+from tests.support import services
+from tests.support.kfp_standin import KfpStandIn
+
+
+@pytest.fixture
+def standin() -> Iterator[KfpStandIn]:
+    server = KfpStandIn().start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def compiler(tmp_path: Path) -> Any:
+    def package_for(spec: dict[str, Any]) -> Path:
+        path = tmp_path / "pipeline.yaml"
+        return training.compile_to(
+            path, image="trainer:1", config=settings.PipelineSettings(), shape=training.Shape(**spec["shape"])
+        )
+
+    return package_for
+
+
+SPEC = {
+    "shape": {"tune": False, "parallelism": 1, "gpus": 1},
+    "arguments": {
+        "run_key": "pets-d1",
+        "rule": "pets",
+        "manifest_uri": "s3://m/x.json",
+        "registered_name": "pets-detector",
+    },
+}
+
+
+def test_submit_uploads_once_creates_once_and_finds_by_name(standin: KfpStandIn, tmp_path: Path) -> None:
+    launcher = kfp_launcher.KfpLauncher(
+        host=standin.url, namespace="kubeflow", package_for=compiler(tmp_path), token="test-bearer"
+    )
+    key = ids.RunKey("pets-d1")
+    assert launcher.find(key) is None
+    first = launcher.submit(key, SPEC)
+    assert first.state is runs.RunState.RUNNING
+    [run] = standin.runs.values()
+    assert run["display_name"] == "pets-d1"
+    assert run["runtime_config"]["parameters"]["manifest_uri"] == "s3://m/x.json"
+    [experiment] = standin.experiments.values()
+    assert experiment["display_name"] == "retrain-pets"
+    assert run["experiment_id"] == experiment["experiment_id"]
+    [pipeline] = standin.pipelines.values()
+    assert pipeline["display_name"].startswith("retrain-yolo-")
+    assert run["pipeline_version_reference"]["pipeline_id"] == pipeline["pipeline_id"]
+
+    # A retry, or a restarted daemon with a new client: the run is found, nothing is created twice.
+    again = kfp_launcher.KfpLauncher(host=standin.url, namespace="kubeflow", package_for=compiler(tmp_path))
+    assert again.submit(key, SPEC).backend_run_id == first.backend_run_id
+    second_key = ids.RunKey("pets-d2")
+    again.submit(second_key, {**SPEC, "arguments": {**SPEC["arguments"], "run_key": "pets-d2"}})
+    assert len(standin.runs) == 2
+    assert len(standin.pipelines) == 1  # same compiled content: uploaded once
+    assert len(standin.experiments) == 1
+    assert "Bearer test-bearer" in standin.authorization
+
+
+@pytest.mark.parametrize(
+    ("kfp_state", "state"),
+    [
+        ("RUNNING", runs.RunState.RUNNING),
+        ("SUCCEEDED", runs.RunState.SUCCEEDED),
+        ("FAILED", runs.RunState.FAILED),
+        ("CANCELED", runs.RunState.FAILED),
+        ("CANCELING", runs.RunState.RUNNING),
+        ("SKIPPED", runs.RunState.SUCCEEDED),
+    ],
+)
+def test_states_are_mapped(standin: KfpStandIn, tmp_path: Path, kfp_state: str, state: runs.RunState) -> None:
+    launcher = kfp_launcher.KfpLauncher(host=standin.url, namespace="kubeflow", package_for=compiler(tmp_path))
+    submitted = launcher.submit(ids.RunKey("pets-d1"), SPEC)
+    standin.set_state(submitted.backend_run_id, kfp_state)
+    found = launcher.find(ids.RunKey("pets-d1"))
+    assert found is not None and found.state is state
+    if state is runs.RunState.FAILED:
+        assert kfp_state in (found.error or "")
+
+
+def test_unreachable_api_is_temporary(tmp_path: Path) -> None:
+    launcher = kfp_launcher.KfpLauncher(
+        host=f"http://127.0.0.1:{services.free_port()}", namespace="team-a", package_for=compiler(tmp_path)
+    )
+    with pytest.raises(errors.TemporaryError, match="KFP at http://127.0.0.1"):
+        launcher.find(ids.RunKey("pets-d1"))
+
+
+@pytest.mark.services
+def test_the_daemon_runs_on_kfp_and_reads_the_outcome_from_mlflow(
+    standin: KfpStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_server: services.S3Server, s3_bucket: str
+) -> None:
+    """`launcher: kfp`: the loop submits to the KFP API and, when the run succeeds there, reads the gate's
+    decision from the version the pipeline registered in MLflow (tagged with the run key)."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+    from structlog.testing import capture_logs
+
+    from daemon import constants, reactor
+    from pipelines import synthetic
+
+    for name in (
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    data = tmp_path / "data"
+    synthetic.generate(data, count=5, seed=1)
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "pets.yaml").write_text(
+        f"name: pets\ndataset: {{source: 'file://{data}'}}\nmodel: {{registered_name: kfp-detector}}\n"
+        "triggers: [{new_labels: {min_new_labels: 5, quiet_period: 0s}}]\nlimits: {cooldown: 0s}\n"
+    )
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = settings.load(
+        environ={},
+        overrides=[
+            f"journal.path={tmp_path / 'journal.db'}",
+            f"rules.path={tmp_path / 'rules'}",
+            "kfp.launcher=kfp",
+            f"kfp.host={standin.url}",
+            f"kfp.inputs_uri=s3://{s3_bucket}/inputs/",
+            f"sources.s3.endpoint={s3_server.endpoint}",
+            "sources.s3.secure=false",
+            f"sources.s3.access_key={s3_server.access_key}",
+            f"sources.s3.secret_key={s3_server.secret_key}",
+            "kfp.poll_interval_s=1",
+            f"mlflow.tracking_uri={tracking}",
+            f"kfp.local_pipeline_root={tmp_path / 'runs'}",
+        ],
+    )
+    daemon = reactor.Reactor(config)
+    daemon.rulebook.refresh()
+    daemon._sync_sources()
+    try:
+        deadline = time.monotonic() + 30
+        while not standin.runs and time.monotonic() < deadline:
+            daemon.step()
+            time.sleep(0.2)
+        [run] = standin.runs.values()
+        run_key = run["display_name"]
+        assert run["runtime_config"]["parameters"]["rule"] == "pets"
+        # The pipeline on the cluster registers a version and gates it; here we play that part in MLflow.
+        client = MlflowClient(tracking_uri=tracking)
+        client.create_registered_model("kfp-detector")
+        mlflow_run = client.create_run(client.create_experiment("kfp")).info.run_id
+        version = client.create_model_version("kfp-detector", source=f"runs:/{mlflow_run}/model", run_id=mlflow_run)
+        for key, value in {
+            constants.TAG_RUN_KEY: run_key,
+            constants.TAG_GATE_DECISION: "promoted",
+            constants.TAG_GATE_REASON: "first model",
+            f"{constants.TAG_METRIC_PREFIX}map50_95": "0.31",
+        }.items():
+            client.set_model_version_tag("kfp-detector", version.version, key, value)
+        # The API is in trouble for a while: polls back off instead of hammering it every tick.
+        standin.unavailable = True
+        with capture_logs() as captured:
+            for _ in range(3):
+                daemon.step()
+        assert [e["event"] for e in captured].count("run_poll_failed") == 1
+        standin.unavailable = False
+        standin.set_state(run["run_id"], "SUCCEEDED")
+        time.sleep(1.2)
+        daemon.step()
+        recorded = daemon.journal.get_run(ids.RunKey(run_key))
+        assert recorded is not None and recorded.state is runs.RunState.SUCCEEDED
+        assert recorded.backend == "kfp" and recorded.backend_run_id == run["run_id"]
+        [promotion] = daemon.journal.promotions("kfp-detector")
+        assert (promotion.kind, promotion.version, promotion.metrics["map50_95"]) == ("promoted", "1", 0.31)
+        daemon.step()
+        assert len(standin.runs) == 1  # nothing submitted twice
+    finally:
+        daemon.stop()
+        daemon.shutdown()

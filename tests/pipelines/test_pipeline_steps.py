@@ -1,0 +1,138 @@
+"""Pipeline steps without KFP: materialize (stable split, snapshot checks), validation messages, tuning."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines import synthetic
+from pipelines.steps import materializing, tuning, validating
+from tests.support.paths import SHARED
+
+
+def test_hash_split_is_stable_as_the_dataset_grows(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    synthetic.generate(root, count=40, seed=1)
+    first = materializing.materialize(
+        materializing.manifest_for_folder(root, dataset="s"), out_dir=tmp_path / "a", val_fraction=0.25
+    )
+    before = {p.stem for p in (tmp_path / "a" / "images" / "val").iterdir()}
+    synthetic.generate(root, count=40, seed=2)  # 40 more images arrive
+    materializing.materialize(
+        materializing.manifest_for_folder(root, dataset="s"), out_dir=tmp_path / "b", val_fraction=0.25
+    )
+    after = {p.stem for p in (tmp_path / "b" / "images" / "val").iterdir()}
+    old_names = {p.stem for p in (tmp_path / "a" / "images").rglob("*.jpg")}
+    assert before == after & old_names  # no old image moved between splits
+    assert 0 < len(before) < 40
+    assert first["counts"]["images/train"] + first["counts"]["images/val"] == 40
+    # Labels follow their image.
+    for image in (tmp_path / "b" / "images" / "val").iterdir():
+        assert (tmp_path / "b" / "labels" / "val" / f"{image.stem}.txt").exists()
+
+
+def test_explicit_splits_are_kept_and_data_yaml_written(tmp_path: Path) -> None:
+    coco = SHARED / "datasets" / "coco-mini"
+    names = list(yaml.safe_load((coco / "data.yaml").read_text())["names"].values())
+    manifest = materializing.manifest_for_folder(coco, dataset="coco", classes=names)
+    summary = materializing.materialize(manifest, out_dir=tmp_path / "ds")
+    assert summary["counts"] == {"images/train": 16, "labels/train": 16, "images/val": 8, "labels/val": 8}
+    data = yaml.safe_load((tmp_path / "ds" / "data.yaml").read_text())
+    assert data["names"][0] == "person" and len(data["names"]) == 80
+    assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["fingerprint"] == manifest.fingerprint
+
+
+def test_data_changed_after_the_snapshot_fails_clearly(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    synthetic.generate(root, count=3, seed=1)
+    manifest = materializing.manifest_for_folder(root, dataset="s")
+    label = next((root / "labels").iterdir())
+    label.write_text("0 0.5 0.5 0.2 0.2\n")
+    os.utime(label, ns=(1, 1))
+    with pytest.raises(materializing.DataChanged, match=f"labels/{label.name} changed after the snapshot"):
+        materializing.materialize(manifest, out_dir=tmp_path / "out")
+    label.unlink()
+    with pytest.raises(materializing.DataChanged, match="is gone since the snapshot"):
+        materializing.materialize(manifest, out_dir=tmp_path / "out2")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("0 0.5 0.5 0.2\n", "labels/train/x.txt:1: expected 5 numbers (class x_center y_center width height), got 4"),
+        (
+            "0 0.5 0.5 0.2 0.2 9\n",
+            "labels/train/x.txt:1: expected 5 numbers (class x_center y_center width height), got 6",
+        ),
+        ("0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.2 0.2\n", "labels/train/x.txt:2: class 7 is not in the class list (0-2)"),
+        ("1.5 0.5 0.5 0.2 0.2\n", "labels/train/x.txt:1: class 1.5 is not in the class list (0-2)"),
+        ("-1 0.5 0.5 0.2 0.2\n", "labels/train/x.txt:1: class -1 is not in the class list (0-2)"),
+        ("0 1.2 0.5 0.2 0.2\n", "labels/train/x.txt:1: x_center 1.2 is outside [0, 1]"),
+        ("0 0.5 -0.1 0.2 0.2\n", "labels/train/x.txt:1: y_center -0.1 is outside [0, 1]"),
+        ("0 0.5 0.5 0 0.2\n", "labels/train/x.txt:1: width and height must be > 0, got 0 x 0.2"),
+        ("0 0.5 0.5 cat 0.2\n", "labels/train/x.txt:1: not a number in '0 0.5 0.5 cat 0.2'"),
+        ("0 0.5 0.5 nan 0.2\n", "labels/train/x.txt:1: not a finite number in '0 0.5 0.5 nan 0.2'"),
+    ],
+)
+def test_each_kind_of_bad_label(text: str, problem: str) -> None:
+    assert problem in validating.check_label(text, name="labels/train/x.txt", classes=3)
+
+
+def test_a_good_label_has_no_problems() -> None:
+    assert validating.check_label("0 0.5 0.5 0.2 0.2\n\n2 0 1 1 0.01\n", name="x", classes=3) == []
+
+
+def make_dataset(root: Path, count: int = 20) -> None:
+    for split in ("train", "val"):
+        synthetic.generate(root, count=count, seed=1 if split == "train" else 2, split=split)
+
+
+def test_validation_excludes_bad_items_and_reports_them(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    make_dataset(root)
+    train_images = sorted((root / "images" / "train").iterdir())
+    train_images[0].write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")  # corrupt image
+    (root / "labels" / "train" / f"{train_images[1].stem}.txt").write_text("5 0.5 0.5 0.1 0.1\n")  # class out of range
+    (root / "labels" / "train" / "orphan.txt").write_text("0 0.5 0.5 0.1 0.1\n")  # label without image
+    (root / "labels" / "train" / f"{train_images[2].stem}.txt").unlink()  # image without label
+    report = validating.validate(root, classes=3, max_bad_fraction=0.2)
+    problems = "\n".join(report.problems)
+    assert f"images/train/{train_images[0].name}: image cannot be decoded" in problems
+    assert f"labels/train/{train_images[1].stem}.txt:1: class 5 is not in the class list (0-2)" in problems
+    assert "labels/train/orphan.txt: no image for this label" in problems
+    assert f"images/train/{train_images[2].name}: no label file" in problems
+    assert len(report.excluded) == 4
+    assert not train_images[0].exists()  # excluded items are removed from the dataset
+    assert report.per_split == {"train": 17, "val": 20}
+    saved = json.loads((root / "validation_report.json").read_text())
+    assert saved["excluded"] == report.excluded
+
+
+def test_validation_fails_when_too_many_are_bad(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    make_dataset(root, count=10)
+    for label in list((root / "labels" / "train").iterdir())[:5]:
+        label.write_text("0 0.5 0.5 0.2\n")
+    with pytest.raises(validating.DatasetInvalid, match=r"5 of 20 items are bad \(25.0% > max 10.0%\)"):
+        validating.validate(root, classes=3, max_bad_fraction=0.1)
+
+
+def test_an_empty_split_fails(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    synthetic.generate(root, count=5, seed=1, split="train")
+    with pytest.raises(validating.DatasetInvalid, match="split 'val' is empty"):
+        validating.validate(root, classes=3, max_bad_fraction=1.0)
+
+
+def test_trials_are_deterministic_and_respect_the_space() -> None:
+    space = {"lr0": {"low": 1e-4, "high": 1e-1, "scale": "log"}, "momentum": {"low": 0.6, "high": 0.98}}
+    first = tuning.sample_trials(space, trials=8, seed=7)
+    assert first == tuning.sample_trials(space, trials=8, seed=7)
+    assert first != tuning.sample_trials(space, trials=8, seed=8)
+    assert all(1e-4 <= t["lr0"] <= 1e-1 and 0.6 <= t["momentum"] <= 0.98 for t in first)
+    best = tuning.pick_best([{"params": {"a": 1}, "map50_95": 0.2}, {"params": {"a": 2}, "map50_95": 0.3}])
+    assert best["params"] == {"a": 2}

@@ -1,0 +1,66 @@
+"""`retrain up` as a real process for tests: its settings in the environment, its state read back from the
+journal it writes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from daemon.journal import sqlite
+from tests.support.paths import RETRAIN
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    """``retrain ARGS...`` with only the given ``RETRAIN_*`` settings in its environment."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
+    base.update(env or {})
+    return subprocess.run([RETRAIN, *args], capture_output=True, text=True, env=base, timeout=timeout_s, check=False)
+
+
+class Daemon:
+    """`retrain up` as a real process, with its settings in the environment."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
+        self.env.update(
+            RETRAIN_JOURNAL__PATH=str(tmp / "journal.db"),
+            RETRAIN_RULES__PATH=str(tmp / "rules"),
+            RETRAIN_MLFLOW__TRACKING_URI=f"sqlite:///{tmp / 'mlflow.db'}",
+            RETRAIN_KFP__LOCAL_PIPELINE_ROOT=str(tmp / "runs"),
+            RETRAIN_LOGGING__FORMAT="json",
+            RETRAIN_HTTP__PORT="0",
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        with (self.tmp / f"daemon-{self.starts}.log").open("wb") as log:
+            self.process = subprocess.Popen([RETRAIN, "up"], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(60)
+
+    def journal(self) -> sqlite.SqliteJournal:
+        return sqlite.SqliteJournal(self.tmp / "journal.db")
+
+
+def count(d: Daemon, what: Callable[[sqlite.SqliteJournal], int]) -> int:
+    if not (d.tmp / "journal.db").exists():
+        return 0
+    journal = d.journal()
+    try:
+        return what(journal)
+    finally:
+        journal.close()
