@@ -13,6 +13,7 @@ from datetime import datetime
 
 from daemon import errors
 from daemon.journal import base
+from daemon.model import outcomes
 from daemon.registry import mlflow as registry
 from daemon.rules import loading
 
@@ -82,7 +83,7 @@ def rollback(
             version=target,
             previous_version=current,
             run_key=None,
-            kind="rollback",
+            kind=outcomes.PromotionKind.ROLLBACK,
             actor=actor,
             reason=reason,
             metrics={},

@@ -35,7 +35,7 @@ from daemon.journal import base as journal_base
 from daemon.journal import sqlite
 from daemon.launchers import base as launcher_base
 from daemon.launchers import local
-from daemon.model import decisions, ids, rules, runs
+from daemon.model import decisions, ids, outcomes, rules, runs
 from daemon.registry import mlflow as registry
 from daemon.rules import reloading
 from daemon.sources import base as source_base
@@ -531,7 +531,7 @@ class Reactor:
                 version=promotion.get("version"),
                 previous_version=promotion.get("previous_champion"),
                 run_key=run.run_key,
-                kind=str(promotion.get("decision")),
+                kind=outcomes.PromotionKind(str(promotion.get("decision"))),
                 actor="daemon",
                 reason=str(promotion.get("reason")),
                 metrics=output.get("candidate") or {},

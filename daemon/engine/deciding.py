@@ -25,7 +25,7 @@ from daemon.model import decisions, durations, ids, rules, state
 
 @dataclass(frozen=True, kw_only=True)
 class _Fire:
-    trigger: str
+    trigger: decisions.TriggerKind
     reason: str
     run_key: ids.RunKey | None  # None: the data key of the current snapshot
     acknowledges: tuple[str, ...] = ()
@@ -76,13 +76,13 @@ def _new_labels(trigger: rules.NewLabelsTrigger, pending: state.PendingData, now
     waited = now - first
     if quiet_for >= trigger.quiet_period:
         return _Fire(
-            trigger="new_labels",
+            trigger=decisions.TriggerKind.NEW_LABELS,
             reason=f"{counted}, quiet for {_ago(now, last)} (quiet period {durations.format(trigger.quiet_period)})",
             run_key=None,
         )
     if waited >= trigger.max_wait:
         return _Fire(
-            trigger="new_labels",
+            trigger=decisions.TriggerKind.NEW_LABELS,
             reason=f"{counted}, still arriving but max_wait {durations.format(trigger.max_wait)} reached",
             run_key=None,
         )
@@ -122,7 +122,7 @@ def _schedule(rule: rules.Rule, tick: state.Tick, pending: state.PendingData, no
             acknowledges=(tick.id,),
         )
     return _Fire(
-        trigger="schedule",
+        trigger=decisions.TriggerKind.SCHEDULE,
         reason=f"schedule '{spec.cron}' ({spec.timezone}) slot {slot}",
         run_key=snapshots.schedule_run_key(rule.name, tick.slot),
         acknowledges=(tick.id,),
@@ -131,7 +131,7 @@ def _schedule(rule: rules.Rule, tick: state.Tick, pending: state.PendingData, no
 
 def _drift(rule: rules.Rule, obs: state.Observation, pending: state.PendingData) -> _Fire | _Wait:
     trigger = rule.triggers[obs.trigger_index] if obs.trigger_index < len(rule.triggers) else None
-    if trigger is not None and obs.kind == "class_drift" and trigger.class_drift is not None:
+    if trigger is not None and obs.kind == decisions.TriggerKind.CLASS_DRIFT and trigger.class_drift is not None:
         spec = trigger.class_drift
         if pending.labels < spec.min_labels:
             return _Wait(
@@ -140,7 +140,7 @@ def _drift(rule: rules.Rule, obs: state.Observation, pending: state.PendingData)
             )
         if obs.value >= spec.threshold:
             return _Fire(
-                trigger="class_drift",
+                trigger=decisions.TriggerKind.CLASS_DRIFT,
                 reason=(
                     f"class drift: {spec.statistic} {obs.value:.3f} >= {spec.threshold:g} "
                     f"over {pending.labels} new labels"
@@ -152,11 +152,11 @@ def _drift(rule: rules.Rule, obs: state.Observation, pending: state.PendingData)
             code=decisions.SkipCode.DRIFT_BELOW_THRESHOLD,
             reason=f"class drift: {spec.statistic} {obs.value:.3f} < {spec.threshold:g}",
         )
-    if trigger is not None and obs.kind == "metric_drift" and trigger.metric_drift is not None:
+    if trigger is not None and obs.kind == decisions.TriggerKind.METRIC_DRIFT and trigger.metric_drift is not None:
         metric_spec = trigger.metric_drift
         if obs.value >= metric_spec.drop_from_champion:
             return _Fire(
-                trigger="metric_drift",
+                trigger=decisions.TriggerKind.METRIC_DRIFT,
                 reason=(
                     f"metric drift: {metric_spec.metric} is {obs.value:.3f} below the champion's validation "
                     f"value (fires at {metric_spec.drop_from_champion:g}){f'; {obs.detail}' if obs.detail else ''}"
@@ -180,7 +180,7 @@ def _evaluate(rule: rules.Rule, st: state.RuleState, now: datetime) -> tuple[lis
     waits: list[_Wait] = []
     fires: list[_Fire] = [
         _Fire(
-            trigger="manual",
+            trigger=decisions.TriggerKind.MANUAL,
             reason=f"manual trigger by {request.actor}: {request.reason}",
             run_key=None,
             acknowledges=(request.id,),
@@ -191,7 +191,7 @@ def _evaluate(rule: rules.Rule, st: state.RuleState, now: datetime) -> tuple[lis
     for tick in st.ticks:
         result = _schedule(rule, tick, st.pending, now)
         (fires if isinstance(result, _Fire) else waits).append(result)  # type: ignore[arg-type]
-    for trigger in rule.triggers_of("new_labels"):
+    for trigger in rule.triggers_of(decisions.TriggerKind.NEW_LABELS):
         result = _new_labels(trigger, st.pending, now)
         (fires if isinstance(result, _Fire) else waits).append(result)  # type: ignore[arg-type]
     for obs in st.observations:
@@ -287,6 +287,13 @@ def decide(rule: rules.Rule, st: state.RuleState, now: datetime) -> decisions.De
     fires, waits = _evaluate(rule, st, now)
     # Ticks and observations that are answered without a run are consumed whatever else happens.
     answered = tuple(a for w in waits for a in w.acknowledges)
+    if st.dataset_problem is not None:
+        wanted = f"; waiting to {fires[0].reason}" if fires else ""
+        wait = _Wait(
+            code=decisions.SkipCode.DATASET_UNAVAILABLE,
+            reason=f"dataset {rule.dataset_name} cannot be used now: {st.dataset_problem}{wanted}",
+        )
+        return _skip(rule, wait, numbers, answered)
     if not fires:
         informative = sorted(waits, key=lambda w: w.next_check_at is None)
         wait = informative[0] if informative else _Wait(code=decisions.SkipCode.NOT_DUE, reason="no trigger is due")
@@ -298,7 +305,7 @@ def decide(rule: rules.Rule, st: state.RuleState, now: datetime) -> decisions.De
         wait = _Wait(code=decisions.SkipCode.EMPTY_DATASET, reason=f"dataset is empty: {fire.reason}")
         return _skip(rule, wait, numbers, answered)
     run_key = fire.run_key or snapshots.data_run_key(rule.name, st.snapshot)
-    if fire.run_key is None and st.snapshot_run is not None and st.snapshot_run[0] == run_key:
+    if fire.run_key is None and st.snapshot_run is not None:
         previous, previous_state = st.snapshot_run
         wait = _Wait(
             code=decisions.SkipCode.ALREADY_RAN,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from daemon.model import decisions, events, ids, rules, runs, state
+from daemon.model import decisions, events, ids, outcomes, rules, runs, state
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,12 +44,24 @@ class InventoryItem:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DatasetStatus:
+    """Where a dataset is watched from, and why it may not be usable now."""
+
+    dataset: str
+    source: str | None = None
+    """The location the daemon last watched it at (``s3://...`` or ``file://...``)."""
+    problem: str | None = None
+    """Why it cannot be used now (not watched, its source just changed); None when it can."""
+    problem_since: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class DecisionRecord:
     """A decision as it was recorded: when, what, why and the numbers behind it."""
 
     rule: str
     at: datetime
-    outcome: str
+    outcome: decisions.Outcome
     code: str
     reason: str
     numbers: dict[str, Any]
@@ -64,8 +76,7 @@ class PromotionRecord:
     version: str | None
     previous_version: str | None
     run_key: str | None
-    kind: str
-    """``promoted``, ``rejected``, ``refused`` (compare-and-set lost) or ``rollback``."""
+    kind: outcomes.PromotionKind
     actor: str
     reason: str
     metrics: dict[str, Any]
@@ -101,8 +112,34 @@ class Journal(abc.ABC):
         """Boxes per class over the label files of a recorded snapshot (None: snapshot unknown)."""
 
     @abc.abstractmethod
+    def health(self) -> str | None:
+        """None when a write can land now, else why not (a full or read-only volume): the readiness probe."""
+
     def writable(self) -> bool:
-        """True when a write transaction can be opened now (the readiness probe asks this)."""
+        """True when a write can land now."""
+        return self.health() is None
+
+    @abc.abstractmethod
+    def snapshot_of(self, fingerprint: str) -> list[tuple[str, str]] | None:
+        """The manifest a run trained on, as recorded with its intent (None: unknown fingerprint)."""
+
+    # --- datasets ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def dataset_status(self, dataset: str) -> DatasetStatus:
+        """Where the dataset is watched from and why it may not be usable."""
+
+    @abc.abstractmethod
+    def set_dataset_status(self, dataset: str, *, source: str, problem: str | None, at: datetime) -> None:
+        """Record the dataset's location and its problem (None: usable). Rules skip while it has one."""
+
+    # --- the clock --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def latest_time(self) -> datetime | None:
+        """The newest time the journal recorded (to notice a wall clock that stepped back)."""
+
+    @abc.abstractmethod
+    def clamp_future(self, now: datetime) -> int:
+        """Re-stamp recorded times later than ``now`` to ``now``; returns how many rows moved."""
 
     @abc.abstractmethod
     def event_count(self) -> int:
@@ -176,6 +213,16 @@ class Journal(abc.ABC):
     @abc.abstractmethod
     def request_manual(self, rule: str, *, reason: str, actor: str, at: datetime) -> str:
         """Journal a manual trigger request; returns its id."""
+
+    # --- rule identity ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def has_history(self, rule: str) -> bool:
+        """True when the journal holds runs, decisions, signals or consumed data of ``rule``."""
+
+    @abc.abstractmethod
+    def rename_rule(self, old: str, new: str, *, datasets: tuple[str, str] | None = None) -> bool:
+        """Move ``old``'s history to ``new`` while ``new`` has none (and, with ``datasets=(before, after)``,
+        the dataset named after the old rule); returns whether anything moved."""
 
     # --- promotions -------------------------------------------------------------------------------
     @abc.abstractmethod

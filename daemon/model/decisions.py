@@ -15,8 +15,26 @@ from typing import Any
 from daemon.model import ids
 
 
+class Outcome(enum.StrEnum):
+    """What a decision did."""
+
+    LAUNCH = "launch"
+    SKIP = "skip"
+
+
+class TriggerKind(enum.StrEnum):
+    """What made a rule launch: one of its triggers, or a person."""
+
+    NEW_LABELS = "new_labels"
+    SCHEDULE = "schedule"
+    CLASS_DRIFT = "class_drift"
+    METRIC_DRIFT = "metric_drift"
+    MANUAL = "manual"
+
+
 class SkipCode(enum.StrEnum):
     DISABLED = "disabled"
+    DATASET_UNAVAILABLE = "dataset_unavailable"
     NO_NEW_DATA = "no_new_data"
     BELOW_THRESHOLD = "below_threshold"
     QUIET_PERIOD = "quiet_period"
@@ -36,8 +54,8 @@ class Launch:
 
     rule: str
     run_key: ids.RunKey
-    trigger: str
-    """The trigger kind that fired: new_labels, schedule, class_drift, metric_drift, manual."""
+    trigger: TriggerKind
+    """The trigger that fired."""
     reason: str
     snapshot: str | None
     """Fingerprint of the dataset snapshot the run trains on."""
@@ -47,8 +65,8 @@ class Launch:
     """Ticks, observations and manual requests this launch answers; they are consumed with the intent."""
 
     @property
-    def outcome(self) -> str:
-        return "launch"
+    def outcome(self) -> Outcome:
+        return Outcome.LAUNCH
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,8 +83,8 @@ class Skip:
     """Ticks and observations answered without a launch (a slot with no new data, a missed slot)."""
 
     @property
-    def outcome(self) -> str:
-        return "skip"
+    def outcome(self) -> Outcome:
+        return Outcome.SKIP
 
 
 Decision = Launch | Skip

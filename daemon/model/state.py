@@ -63,12 +63,15 @@ class RuleState:
     snapshot: str | None = None
     """Fingerprint of the dataset as it is now (every present file and its version); None when empty."""
     snapshot_items: int = 0
+    dataset_problem: str | None = None
+    """Why the dataset cannot be trusted now (not watched, its source just changed); None when it can."""
     active_runs: tuple[ids.RunKey, ...] = ()
     last_launch_at: datetime | None = None
     launches_last_day: tuple[datetime, ...] = ()
     """Launch times within the 24 hours before now, oldest first."""
     snapshot_run: tuple[ids.RunKey, runs.RunState] | None = None
-    """A run of this rule that already trained on exactly this snapshot."""
+    """A data-triggered run of this rule (new labels, class drift, manual) that already trained on exactly this
+    snapshot, whatever its key (a renamed rule keeps its runs)."""
     ticks: tuple[Tick, ...] = ()
     observations: tuple[Observation, ...] = ()
     manual: tuple[ManualRequest, ...] = ()

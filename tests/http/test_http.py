@@ -131,7 +131,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def test_healthz_fails_while_the_loop_is_stuck_and_recovers(live: Live) -> None:
     assert live.get("/healthz").json()["status"] == "ok"
     # The loop's next journal call blocks behind this lock, as it would behind a hung disk.
-    with live.daemon.journal._lock:
+    with live.daemon.journal.database.lock:
         time.sleep(1.6)
         stuck = live.get("/healthz")
     assert stuck.status_code == 503

@@ -18,7 +18,7 @@ import pytest
 from daemon import errors
 from daemon.engine import deciding, snapshots
 from daemon.journal import base, sqlite
-from daemon.model import decisions, events, ids, runs
+from daemon.model import decisions, events, ids, outcomes, runs
 from tests.support.sim import T0, Simulation, label, make_rule
 
 M = timedelta(minutes=1)
@@ -69,7 +69,7 @@ def test_reupload_of_the_same_bytes_after_a_delete_is_a_new_event(journal: sqlit
 
 
 def test_inventory_streams_in_pages(journal: sqlite.SqliteJournal) -> None:
-    n = sqlite.PAGE * 2 + 17
+    n = sqlite.inventory.PAGE * 2 + 17
     journal.append_events([label(f"k{i:05d}", "v") for i in range(n)], received_at=T0)
     keys = [i.key for i in journal.inventory("pets")]
     assert len(keys) == n
@@ -158,7 +158,7 @@ def test_a_run_ends_with_its_promotion_record_or_not_at_all(journal: sqlite.Sqli
         version="1",
         previous_version=None,
         run_key=key,
-        kind="promoted",
+        kind=outcomes.PromotionKind.PROMOTED,
         actor="daemon",
         reason="first model",
         metrics={"map50_95": 0.4},
@@ -208,7 +208,7 @@ def test_promotions_are_recorded(journal: sqlite.SqliteJournal) -> None:
         version="2",
         previous_version="1",
         run_key="pets-d1",
-        kind="promoted",
+        kind=outcomes.PromotionKind.PROMOTED,
         actor="daemon",
         reason="0.41 > 0.40 + 0.005",
         metrics={"map50_95": 0.41},

@@ -10,7 +10,7 @@ import pytest
 from daemon import constants, settings
 from daemon.engine import deciding, drift
 from daemon.journal import base as journal_base
-from daemon.model import decisions, runs
+from daemon.model import decisions, outcomes, runs
 from daemon.registry import mlflow as registry
 from daemon.sources import base, drifting
 from tests.support import services
@@ -56,7 +56,7 @@ def test_class_drift_uses_the_champions_training_data_when_promoted() -> None:
             version="1",
             previous_version=None,
             run_key=champion_run,
-            kind="promoted",
+            kind=outcomes.PromotionKind.PROMOTED,
             actor="daemon",
             reason="first model",
             metrics={},
