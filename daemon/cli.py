@@ -226,7 +226,7 @@ def rollback(ctx: click.Context, model: str, to_version: str | None, reason: str
 
     config = _settings(ctx)
     registry.configure(config.mlflow)
-    mlflow = registry.MlflowRegistry(tracking_uri=config.mlflow.tracking_uri, registry_uri=config.mlflow.registry_uri)
+    mlflow = registry.Mlflow(tracking_uri=config.mlflow.tracking_uri, registry_uri=config.mlflow.registry_uri)
     journal = sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
     try:
         done = operating.rollback(
@@ -261,7 +261,7 @@ def pipeline_compile(
     gpus: int | None,
 ) -> None:
     """Compile the training pipeline to KFP IR YAML, ready to upload in the KFP UI and run by hand."""
-    from pipelines import training
+    from pipelines import arguments, graph
 
     config = _settings(ctx)
     rule = None
@@ -272,15 +272,15 @@ def pipeline_compile(
             click.echo(f"retrain pipeline compile: no valid rule {rule_name!r} in {config.rules.path}", err=True)
             sys.exit(1)
         rule = found.rule
-    shape = training.Shape.of(rule)
-    shape = training.Shape(
+    shape = arguments.Shape.of(rule)
+    shape = arguments.Shape(
         tune=shape.tune if tune is None else tune,
         parallelism=parallelism or shape.parallelism,
         gpus=shape.gpus if gpus is None else gpus,
     )
-    training.compile_to(output, image=config.kfp.trainer_image, config=config.pipeline, shape=shape)
+    graph.compile_to(output, image=config.kfp.trainer_image, config=config.pipeline, shape=shape)
     click.echo(
-        f"wrote {output} (pipeline {training.PIPELINE_NAME}: tune={shape.tune}, parallelism={shape.parallelism}, "
+        f"wrote {output} (pipeline {arguments.PIPELINE_NAME}: tune={shape.tune}, parallelism={shape.parallelism}, "
         f"gpus={shape.gpus}, image {config.kfp.trainer_image})"
     )
 

@@ -1,8 +1,5 @@
-"""Names shared by the daemon, the pipelines and the deploy manifests.
-
-One place for every tag key, alias and environment variable prefix that crosses a process boundary, so that
-the daemon that writes a tag and the pipeline that reads it can never disagree.
-"""
+"""Names shared by the daemon, the pipelines and the deploy manifests: environment variables and the
+progress-line mark. MLflow tag and alias names live in :mod:`daemon.model.tags`."""
 
 from typing import Final
 
@@ -17,17 +14,5 @@ ENV_FAILPOINT: Final = "RETRAIN_FAILPOINT"
 #: Environment variable naming a folder where every failpoint that fires leaves a marker file first.
 ENV_FAILPOINT_MARKERS: Final = "RETRAIN_FAILPOINT_MARKERS"
 
-#: The MLflow registered-model alias that production serves.
-CHAMPION_ALIAS: Final = "champion"
-
-#: MLflow tags written on runs and model versions.
-TAG_RULE: Final = "retrain.rule"
-TAG_RUN_KEY: Final = "retrain.run_key"
-TAG_DATASET_FINGERPRINT: Final = "retrain.dataset_fingerprint"
-TAG_CODE_VERSION: Final = "retrain.code_version"
-TAG_GATE_DECISION: Final = "retrain.gate.decision"
-TAG_GATE_REASON: Final = "retrain.gate.reason"
-#: Prefix of the metric tags on model versions: ``retrain.metric.map50_95``.
-TAG_METRIC_PREFIX: Final = "retrain.metric."
 #: Prefix of the progress lines a pipeline child prints (one JSON object per epoch) for the daemon's log.
 PROGRESS_MARK: Final = "RETRAIN_PROGRESS "

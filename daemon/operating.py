@@ -52,7 +52,7 @@ class Rollback:
 
 
 def rollback(
-    mlflow: registry.MlflowRegistry,
+    mlflow: registry.Mlflow,
     journal: base.Journal,
     model: str,
     *,
@@ -68,11 +68,14 @@ def rollback(
         NothingToRollBackTo: no earlier promoted version exists.
         errors.RetrainError: what the registry raised (unknown version, MLflow unreachable); nothing moved.
     """
-    current = mlflow.champion(model)
+    champion = mlflow.champion(model)
+    current = champion.version if champion is not None else None
     target = to_version
     if target is None:
         earlier = [v for v in mlflow.promoted_versions(model) if current is None or int(v) < int(current)]
         if not earlier:
+            if current is None and not mlflow.model_exists(model):
+                raise errors.NotFound(f"unknown model {model!r}: MLflow has no registered model of that name")
             before = f" before v{current}" if current else ""
             raise NothingToRollBackTo(f"{model} has no promoted version to roll back to{before}")
         target = earlier[-1]

@@ -6,16 +6,17 @@ daemon's local launcher starts this module as a child process per run::
     python -m pipelines.local_run SPEC.json
 
 SPEC holds ``pipeline_root``, ``image``, ``shape`` (tune, parallelism, gpus), ``pipeline`` (the
-``settings.pipeline`` group) and ``arguments`` (from ``pipelines.training.arguments``). The outcome,
+``settings.pipeline`` group) and ``arguments`` (from ``pipelines.arguments.arguments``). The outcome,
 ``{"state": "succeeded"|"failed", "output": ..., "error": ...}``, is written to ``outcome.json`` beside the
 spec (atomically), so a daemon that restarted can read it later.
 """
 
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
+
+from daemon import atomicfile
 
 
 def run(spec_path: Path) -> int:
@@ -25,13 +26,13 @@ def run(spec_path: Path) -> int:
         from kfp import local
 
         from daemon import settings
-        from pipelines import training
+        from pipelines import arguments, graph
 
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=spec["pipeline_root"])
-        pipeline = training.build(
+        pipeline = graph.build(
             image=spec.get("image", "local"),
             config=settings.PipelineSettings.model_validate(spec.get("pipeline", {})),
-            shape=training.Shape(**spec.get("shape", {})),
+            shape=arguments.Shape(**spec.get("shape", {})),
         )
         task = pipeline(**spec["arguments"])
         outcome = {"state": "succeeded", "output": json.loads(task.output)}
@@ -43,9 +44,7 @@ def run(spec_path: Path) -> int:
             "trace": traceback.format_exc()[-4000:],
         }
         code = 1
-    tmp = outcome_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(outcome, indent=2))
-    os.replace(tmp, outcome_path)
+    atomicfile.write_json(outcome_path, outcome)
     return code
 
 

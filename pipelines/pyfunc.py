@@ -15,9 +15,9 @@ class YoloDetector(PythonModel):
     """Loads the ``weights`` artifact with Ultralytics and runs it on the given images."""
 
     def load_context(self, context: Any) -> None:
-        from pipelines.steps import training
+        from pipelines.steps import offline
 
-        training.prepare_offline()
+        offline.prepare_offline()
         from ultralytics import YOLO
 
         self.model = YOLO(context.artifacts["weights"])

@@ -49,7 +49,9 @@ def _clock(moment: datetime) -> str:
     return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
 
 
-def _new_labels(trigger: rules.NewLabelsTrigger, pending: state.PendingData, now: datetime) -> _Fire | _Wait:
+def _new_labels(
+    rule: rules.Rule, trigger: rules.NewLabelsTrigger, pending: state.PendingData, now: datetime
+) -> _Fire | _Wait:
     if pending.labels == 0:
         return _Wait(code=decisions.SkipCode.NO_NEW_DATA, reason="no new or changed labels")
     if pending.labels < trigger.min_new_labels:
@@ -63,7 +65,7 @@ def _new_labels(trigger: rules.NewLabelsTrigger, pending: state.PendingData, now
             reason=f"{pending.images}/{trigger.min_new_images} new images",
         )
     for name, minimum in (trigger.min_per_class or {}).items():
-        have = pending.class_counts.get(name, 0)
+        have = pending.class_counts.get(rule.class_id(name), 0)
         if have < minimum:
             return _Wait(
                 code=decisions.SkipCode.BELOW_THRESHOLD,
@@ -192,7 +194,7 @@ def _evaluate(rule: rules.Rule, st: state.RuleState, now: datetime) -> tuple[lis
         result = _schedule(rule, tick, st.pending, now)
         (fires if isinstance(result, _Fire) else waits).append(result)  # type: ignore[arg-type]
     for trigger in rule.triggers_of(decisions.TriggerKind.NEW_LABELS):
-        result = _new_labels(trigger, st.pending, now)
+        result = _new_labels(rule, trigger, st.pending, now)
         (fires if isinstance(result, _Fire) else waits).append(result)  # type: ignore[arg-type]
     for obs in st.observations:
         result = _drift(rule, obs, st.pending)

@@ -6,33 +6,22 @@ Rules, all measured on the same validation images:
 - otherwise it must beat the champion **strictly by more than** ``min_improvement``
   (``candidate - champion > min_improvement``, compared with a small tolerance so that float rounding
   never lets an equal model through);
-- with ``max_class_drop`` set, no class present in both evaluations may lose more AP than that.
+- with ``max_class_drop`` set, no class of the champion may lose more AP than that. Classes are matched
+  by name. A class the candidate has no AP for (missing, or NaN: it found nothing) counts as AP 0, a drop;
+  a class whose champion AP is NaN cannot be compared and is left out (said in the reason).
 
-A worse (or equal) model never becomes champion.
+A candidate whose metric is not a number is never promoted. A worse (or equal) model never becomes champion.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 
-from daemon.model import rules
+from daemon.model import outcomes, rules
 
 #: Differences smaller than this are float noise, not improvement.
 EPSILON = 1e-9
-
-
-@dataclass(frozen=True, kw_only=True)
-class Scores:
-    """Validation results of one model on one validation split."""
-
-    map50_95: float
-    map50: float
-    per_class: Mapping[str, float] = field(default_factory=dict)
-    """AP50-95 by class id (as a string)."""
-
-    def metric(self, name: str) -> float:
-        return self.map50_95 if name == "map50_95" else self.map50
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,10 +30,29 @@ class Verdict:
     reason: str
 
 
-def gate(*, candidate: Scores, champion: Scores | None, policy: rules.PromotionSpec) -> Verdict:
+def _class_drops(
+    candidate: outcomes.Evaluation, champion: outcomes.Evaluation
+) -> tuple[list[tuple[float, str]], list[str]]:
+    """(drop, class) for every comparable class, largest first; and the classes that could not be compared."""
+    drops: list[tuple[float, str]] = []
+    incomparable: list[str] = []
+    for name, before in champion.per_class.items():
+        if math.isnan(before):
+            incomparable.append(name)
+            continue
+        after = candidate.per_class.get(name, 0.0)
+        drops.append((before - (0.0 if math.isnan(after) else after), name))
+    return sorted(drops, reverse=True), sorted(incomparable)
+
+
+def gate(
+    *, candidate: outcomes.Evaluation, champion: outcomes.Evaluation | None, policy: rules.PromotionSpec
+) -> Verdict:
     """Decide whether ``candidate`` becomes champion under ``policy``."""
     metric = policy.metric
     value = candidate.metric(metric)
+    if math.isnan(value):
+        return Verdict(promote=False, reason=f"candidate {metric} is not a number (the evaluation found nothing)")
     if champion is None:
         if value + EPSILON >= policy.first_model_min:
             return Verdict(
@@ -54,6 +62,7 @@ def gate(*, candidate: Scores, champion: Scores | None, policy: rules.PromotionS
             promote=False, reason=f"first model: {metric} {value:.4f} < first_model_min {policy.first_model_min:g}"
         )
     best = champion.metric(metric)
+    best = 0.0 if math.isnan(best) else best
     gain = value - best
     if not gain > policy.min_improvement + EPSILON:
         return Verdict(
@@ -63,25 +72,21 @@ def gate(*, candidate: Scores, champion: Scores | None, policy: rules.PromotionS
                 f"min_improvement {policy.min_improvement:g}"
             ),
         )
+    note = ""
     if policy.max_class_drop is not None:
-        drops = sorted(
-            (
-                (champion.per_class[c] - candidate.per_class[c], c)
-                for c in champion.per_class
-                if c in candidate.per_class
-            ),
-            reverse=True,
-        )
+        drops, incomparable = _class_drops(candidate, champion)
         if drops and drops[0][0] > policy.max_class_drop + EPSILON:
-            drop, cls = drops[0]
+            drop, name = drops[0]
             return Verdict(
                 promote=False,
                 reason=(
-                    f"{metric} improves {gain:+.4f} but class {cls} drops {drop:.4f} "
+                    f"{metric} improves {gain:+.4f} but class {name} drops {drop:.4f} "
                     f"(> max_class_drop {policy.max_class_drop:g})"
                 ),
             )
+        if incomparable:
+            note = f"; classes without a champion AP, not compared: {', '.join(incomparable)}"
     return Verdict(
         promote=True,
-        reason=f"{metric} {value:.4f} beats champion {best:.4f} by {gain:+.4f} (> {policy.min_improvement:g})",
+        reason=f"{metric} {value:.4f} beats champion {best:.4f} by {gain:+.4f} (> {policy.min_improvement:g}){note}",
     )

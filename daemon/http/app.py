@@ -26,13 +26,14 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, 
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from daemon import __version__, errors, explaining, logs, operating
+from daemon import __version__, errors, explaining, logs, operating, redaction
 from daemon.http import metrics
 from daemon.journal import base as journal_base
 from daemon.model import ids, runs
 from daemon.registry import mlflow as registry
 from daemon.rules import reloading
 from daemon.sources import base as source_base
+from daemon.sources import drifting
 from daemon.sources import webhook
 
 log = logs.get_logger(__name__)
@@ -59,7 +60,7 @@ class Context:
     rulebook: reloading.RuleBook
     board: source_base.StatusBoard
     metrics: metrics.Metrics
-    registry: registry.MlflowRegistry
+    registry: registry.Mlflow
     receiver: webhook.WebhookReceiver
     api_token: str | None
     clock: Callable[[], datetime]
@@ -143,10 +144,12 @@ def healthz(ctx: Ctx) -> JSONResponse:
 
 @service.get("/readyz")
 def readyz(ctx: Ctx) -> JSONResponse:
-    checks = {"journal": "ok" if ctx.journal.writable() else "cannot be written"}
+    problem = ctx.journal.health()
+    checks = {"journal": "ok" if problem is None else f"cannot be written: {problem}"}
     for status in ctx.board.all():
-        if not status.connected and status.last_error:
-            checks[f"source {status.name}"] = status.last_error
+        # What feeds the journal must work; drift checks read MLflow and are reported, not gating.
+        if not status.connected and status.last_error and status.name != drifting.NAME:
+            checks[f"source {status.name}"] = redaction.redact(status.last_error)
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse(status_code=200 if ready else 503, content={"ready": ready, "checks": checks})
 
@@ -258,6 +261,11 @@ def rollback(ctx: Ctx, model: str, request: RollbackRequest | None = None) -> di
         )
     except errors.TemporaryError as exc:
         raise HTTPException(503, str(exc)) from exc
+    except errors.InvalidRequest as exc:
+        raise HTTPException(400, str(exc)) from exc
+    except errors.NotFound as exc:
+        status = 409 if body.to is not None else 404  # a version that does not exist vs. an unknown model
+        raise HTTPException(status, str(exc)) from exc
     except errors.RetrainError as exc:
         raise HTTPException(409, str(exc)) from exc
     log.info("champion_rolled_back", model=model, previous=done.previous, target=done.target, actor=done.actor)

@@ -49,6 +49,8 @@ class KfpLauncher(base.Launcher):
         namespace: the namespace (KFP profile) runs are created in.
         token: a bearer token, or None.
         use_service_account_token: authenticate with the pod's service-account token.
+        request_timeout_s: connect and read timeout of every API request (the kfp client sets none: a server
+            that accepts and never answers would hold the caller forever).
         package_for: compiles the pipeline for a spec's shape and returns the IR YAML file.
     """
 
@@ -62,8 +64,10 @@ class KfpLauncher(base.Launcher):
         package_for: Callable[[dict[str, Any]], Path],
         token: str | None = None,
         use_service_account_token: bool = False,
+        request_timeout_s: float = 30.0,
     ) -> None:
         self.host = host
+        self.request_timeout_s = request_timeout_s
         self.namespace = namespace
         self.package_for = package_for
         self.token = token
@@ -93,7 +97,19 @@ class KfpLauncher(base.Launcher):
                     )
                 except Exception as exc:
                     raise self._fail(exc, "connecting") from exc
+            self._bound(self._client)
         return self._client
+
+    def _bound(self, client: Any) -> None:
+        """Give every request of the client a deadline (kfp passes none, and urllib3 then waits forever)."""
+        rest = client._run_api.api_client.rest_client
+        unbounded = rest.request
+        timeout = (min(10.0, self.request_timeout_s), self.request_timeout_s)
+
+        def request(*args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+            return unbounded(*args, _request_timeout=_request_timeout or timeout, **kwargs)
+
+        rest.request = request
 
     def _pipeline_version(self, package: Path) -> tuple[str, str]:
         """Upload the package unless a pipeline with its content hash exists; return its ids."""
@@ -142,7 +158,11 @@ class KfpLauncher(base.Launcher):
             log.info("run_already_submitted", run_key=run_key, state=existing.state.value)
             return existing
         try:
-            pipeline_id, version_id = self._pipeline_version(self.package_for(spec))
+            package = self.package_for(spec)
+        except (OSError, ValueError, TypeError) as exc:
+            raise errors.PermanentError(f"compiling the pipeline for run {run_key} failed: {exc}") from exc
+        try:
+            pipeline_id, version_id = self._pipeline_version(package)
             experiment = self.client().create_experiment(
                 name=f"retrain-{spec['arguments']['rule']}", namespace=self.namespace
             )

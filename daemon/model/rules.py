@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -93,25 +94,49 @@ class DatasetSpec(_Spec):
         return "s3" if self.source.startswith("s3://") else "file"
 
 
+def _check_base(value: str) -> str:
+    if value.startswith("models:/"):
+        if "@" not in value and value.count("/") < 2:
+            raise ValueError(f"{value!r}: use models:/NAME@ALIAS or models:/NAME/VERSION")
+        return value
+    if value.startswith("s3://") and not _S3_URI.match(value.rsplit("/", 1)[0] + "/"):
+        raise ValueError(f"{value!r} is not s3://bucket/key.pt")
+    if value.startswith("file://") and not value.startswith("file:///"):
+        raise ValueError(f"{value!r} must be an absolute file URI: file:///path/to/weights.pt")
+    if not value.endswith((".pt", ".yaml", ".yml")):
+        raise ValueError(
+            f"{value!r}: base must be .pt weights (s3://..., file:///... or a file in the trainer image), "
+            "a .yaml model config or models:/..."
+        )
+    return value
+
+
 class ModelSpec(_Spec):
     """The model: its MLflow registered name and what training starts from."""
 
     registered_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=256)
     """MLflow registered model name."""
     base: str = "yolov8n.yaml"
-    """Starting point: a weights file you provide (``yolov8n.pt``), a model config (``yolov8n.yaml``,
-    random init), or ``models:/NAME@champion`` to fine-tune the current champion."""
+    """Starting point: weights in S3 (``s3://models/yolov8n.pt``) or on the dataset volume
+    (``file:///data/weights/yolov8n.pt``), a model config (``yolov8n.yaml``, random init), or
+    ``models:/NAME@champion`` to fine-tune the current champion. Nothing is downloaded from the internet."""
+    base_if_no_champion: str | None = None
+    """What the first run starts from when ``base`` is ``models:/NAME@champion`` and no champion exists yet
+    (same forms as ``base``, except another ``models:/``)."""
 
     @field_validator("base")
     @classmethod
     def _check_base(cls, value: str) -> str:
+        return _check_base(value)
+
+    @field_validator("base_if_no_champion")
+    @classmethod
+    def _check_fallback(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if value.startswith("models:/"):
-            if "@" not in value and value.count("/") < 2:
-                raise ValueError(f"{value!r}: use models:/NAME@ALIAS or models:/NAME/VERSION")
-            return value
-        if not value.endswith((".pt", ".yaml", ".yml")):
-            raise ValueError(f"{value!r}: base must be a .pt weights file, a .yaml model config or models:/...")
-        return value
+            raise ValueError("base_if_no_champion cannot itself be a registered model")
+        return _check_base(value)
 
 
 class NewLabelsTrigger(_Spec):
@@ -390,6 +415,9 @@ class Rule(_Spec):
 
     name: str
     """Unique across all rule files: lower-case letters, digits and '-', at most 48 characters."""
+    renamed_from: str | None = None
+    """The rule's previous name, when it was renamed: its history (consumed data, runs, cooldown, daily
+    cap, and a dataset named after it) moves to the new name once, so the rename does not relaunch."""
     enabled: bool = True
     dataset: DatasetSpec
     model: ModelSpec
@@ -398,19 +426,41 @@ class Rule(_Spec):
     promotion: PromotionSpec = PromotionSpec()
     limits: LimitsSpec = LimitsSpec()
 
-    @field_validator("name")
+    @field_validator("name", "renamed_from")
     @classmethod
-    def _check_name(cls, value: str) -> str:
-        if not RULE_NAME.match(value):
+    def _check_name(cls, value: str | None) -> str | None:
+        if value is not None and not RULE_NAME.match(value):
             raise ValueError(
                 f"{value!r} is not a valid rule name: lower-case letters, digits and '-', "
                 "starting and ending with a letter or digit, at most 48 characters"
             )
         return value
 
+    @field_validator("triggers")
+    @classmethod
+    def _check_classes(cls, value: list[TriggerSpec], info: ValidationInfo) -> list[TriggerSpec]:
+        dataset = info.data.get("dataset")
+        classes = dataset.classes if isinstance(dataset, DatasetSpec) else None
+        for index, trigger in enumerate(value):
+            for name in (trigger.new_labels.min_per_class or {}) if trigger.new_labels else {}:
+                where = f"triggers[{index}].new_labels.min_per_class"
+                if name.isdigit():
+                    if classes is not None and int(name) >= len(classes):
+                        raise ValueError(f"{where}: class id {name} is not in dataset.classes (0-{len(classes) - 1})")
+                elif classes is None:
+                    raise ValueError(f"{where}: class {name!r} is a name: set dataset.classes, or use its class id")
+                elif name not in classes:
+                    raise ValueError(f"{where}: unknown class {name!r}; dataset.classes are {', '.join(classes)}")
+        return value
+
     @property
     def dataset_name(self) -> str:
         return self.dataset.name or self.name
+
+    def class_id(self, name: str) -> str:
+        """The class id (as the label files write it) of a class given by id or by name."""
+        classes = self.dataset.classes
+        return str(classes.index(name)) if classes is not None and name in classes else name
 
     def triggers_of(self, kind: str) -> list[Any]:
         return [t.spec for t in self.triggers if t.kind == kind]

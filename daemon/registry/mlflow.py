@@ -1,20 +1,45 @@
-"""MLflow adapter: reads what drift checks and status need from the tracking server and registry.
+"""MLflow adapter: the one place the daemon (and the pipeline's promote step) talks to MLflow.
 
-MLflow exceptions never leave this module: "not found" becomes ``None``, anything else a
-:class:`~daemon.errors.ServiceUnavailable` naming the server.
+One error policy for every call, from MLflow's own error codes (``MlflowException.error_code``):
+
+- ``RESOURCE_DOES_NOT_EXIST`` / ``NOT_FOUND``: :class:`~daemon.errors.NotFound`;
+- ``INVALID_PARAMETER_VALUE``, ``BAD_REQUEST``, ``INVALID_STATE``, ``RESOURCE_ALREADY_EXISTS``:
+  :class:`~daemon.errors.InvalidRequest` (asking again gives the same answer) -- except when reading an
+  alias, where MLflow answers a missing alias with ``INVALID_PARAMETER_VALUE``: that is "no champion";
+- ``UNAUTHENTICATED``, ``PERMISSION_DENIED``, ``CUSTOMER_UNAUTHORIZED``: :class:`~daemon.errors.Unauthorized`;
+- everything else (``INTERNAL_ERROR`` -- which is also what a connection failure or a timeout becomes --,
+  ``TEMPORARILY_UNAVAILABLE``, ``REQUEST_LIMIT_EXCEEDED``, a local store's database error):
+  :class:`~daemon.errors.ServiceUnavailable`, retried by the caller.
+
+Names never reach a filter string unchecked: model names and run keys are validated against MLflow's
+name characters before they are quoted into ``search_model_versions`` filters.
+
+MLflow is imported on first use, not when the daemon starts (its import costs tens of megabytes), and its
+HTTP retries and timeout are set once by :func:`configure`.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+from daemon import errors, redaction, settings
+from daemon.model import outcomes, tags
 
-from daemon import constants, errors, settings
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+T = TypeVar("T")
 
 _NOT_FOUND = frozenset({"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"})
+_INVALID = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE", "RESOURCE_ALREADY_EXISTS"})
+_UNAUTHORIZED = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "CUSTOMER_UNAUTHORIZED"})
+#: What may stand inside a quoted filter value: MLflow model names and the daemon's run keys.
+_FILTER_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,255}$")
 
 
 def configure(config: settings.MlflowSettings) -> None:
@@ -26,9 +51,47 @@ def configure(config: settings.MlflowSettings) -> None:
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
 
 
-class _Mlflow:
+def quoted(value: str, *, what: str) -> str:
+    """``value`` as a quoted MLflow filter literal; refuses anything that is not a plain name."""
+    if not _FILTER_SAFE.match(value):
+        raise errors.InvalidRequest(f"{value!r} is not a valid {what} (letters, digits, '.', '_', '-')")
+    return f"'{value}'"
+
+
+def translate(exc: Exception, *, endpoint: str, doing: str) -> errors.RetrainError:
+    """The daemon's error for anything MLflow (or its store) raised."""
+    if isinstance(exc, errors.RetrainError):
+        return exc
+    code = str(getattr(exc, "error_code", "") or "")
+    detail = f"{doing}: {errors.truncate(str(exc))}"
+    where = redaction.redact(endpoint)
+    if code in _NOT_FOUND:
+        return errors.NotFound(f"MLflow at {where}: {detail}")
+    if code in _INVALID:
+        return errors.InvalidRequest(f"MLflow at {where} refused {detail}")
+    if code in _UNAUTHORIZED:
+        return errors.Unauthorized(f"MLflow at {where} refused the credentials: {detail}")
+    return errors.ServiceUnavailable(service="MLflow", endpoint=where, detail=detail)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Champion:
+    """The version the ``champion`` alias points at."""
+
+    model: str
+    version: str
+    run_id: str | None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class Mlflow:
     """An MLflow client opened on first use: the daemon starts, and keeps running, whatever state MLflow is in
-    (a local ``sqlite:///`` store is opened, and migrated, only when a run needs it)."""
+    (a local ``sqlite:///`` store is opened, and migrated, only when something needs it).
+
+    Args:
+        tracking_uri: the tracking server (``http://...``) or a local store (``sqlite:///...``).
+        registry_uri: the registry, when it differs.
+    """
 
     def __init__(self, *, tracking_uri: str, registry_uri: str | None = None) -> None:
         self.tracking_uri = tracking_uri
@@ -38,122 +101,135 @@ class _Mlflow:
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            try:
+            with self.calling("opening the tracking store"):
+                from mlflow.tracking import MlflowClient
+
                 self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
-            except Exception as exc:
-                raise errors.ServiceUnavailable(
-                    service="MLflow", endpoint=self.tracking_uri, detail=f"opening the tracking store: {exc}"
-                ) from exc
         return self._client
 
-    def _fail(self, exc: Exception, doing: str) -> errors.RetrainError:
-        if isinstance(exc, errors.RetrainError):
-            return exc
-        if isinstance(exc, MlflowException) and str(exc.error_code) in _NOT_FOUND:
-            return errors.PermanentError(f"MLflow at {self.tracking_uri}: {doing}: {errors.truncate(str(exc))}")
-        return errors.ServiceUnavailable(service="MLflow", endpoint=self.tracking_uri, detail=f"{doing}: {exc}")
+    @contextmanager
+    def calling(self, doing: str) -> Iterator[None]:
+        """Translate whatever MLflow raises inside the block (the one error policy, see the module)."""
+        try:
+            yield
+        except errors.RetrainError:
+            raise
+        except Exception as exc:  # MlflowException, requests' and SQLAlchemy's errors: all mapped by translate
+            raise translate(exc, endpoint=self.tracking_uri, doing=doing) from exc
 
-    @staticmethod
-    def _missing(exc: Exception) -> bool:
-        return isinstance(exc, MlflowException) and str(exc.error_code) in _NOT_FOUND
+    def call(self, doing: str, function: Callable[[], T]) -> T:
+        with self.calling(doing):
+            return function()
 
+    # --- reading ----------------------------------------------------------------------------------
+    def champion(self, model: str) -> Champion | None:
+        """The version the ``champion`` alias points at; None when the model has no champion (or no such
+        model exists). The one champion reader of the daemon and the pipeline."""
+        try:
+            with self.calling(f"reading the champion of {model}"):
+                found = self.client.get_model_version_by_alias(model, tags.CHAMPION_ALIAS)
+        except errors.NotFound:
+            return None
+        except errors.InvalidRequest as exc:
+            if "alias" in str(exc).lower():  # MLflow's answer for "this model has no such alias"
+                return None
+            raise
+        return Champion(
+            model=model, version=str(found.version), run_id=found.run_id or None, tags=dict(found.tags or {})
+        )
 
-class MlflowMetrics(_Mlflow):
-    """Live metrics and champion metrics from an MLflow server.
+    def model_exists(self, model: str) -> bool:
+        try:
+            self.call(f"reading model {model}", lambda: self.client.get_registered_model(model))
+        except errors.NotFound:
+            return False
+        return True
 
-    Args:
-        tracking_uri: the tracking server (``http://...``) or a local store (``sqlite:///...``).
-        registry_uri: the registry, when it differs.
-    """
+    def versions(self, model: str, **tagged: str) -> list[Any]:
+        """Versions of ``model`` carrying every given tag value, oldest first."""
+        clauses = [f"name = {quoted(model, what='model name')}"]
+        clauses += [f"tags.`{key}` = {quoted(value, what=key)}" for key, value in tagged.items()]
+        found = self.call(
+            f"listing versions of {model}", lambda: self.client.search_model_versions(" and ".join(clauses))
+        )
+        return sorted(found, key=lambda v: int(v.version))
 
     def live_metric(self, *, experiment: str, metric: str) -> float | None:
-        try:
+        """The latest value of ``metric`` logged in ``experiment`` (by a monitor), if any."""
+
+        def read() -> Any:
             found = self.client.get_experiment_by_name(experiment)
             if found is None:
-                return None
-            runs: Any = self.client.search_runs(
+                return []
+            return self.client.search_runs(
                 [found.experiment_id], order_by=["attributes.start_time DESC"], max_results=50
             )
-        except Exception as exc:
-            if self._missing(exc):
-                return None
-            raise self._fail(exc, f"reading {metric} in experiment {experiment}") from exc
+
+        try:
+            runs = self.call(f"reading {metric} in experiment {experiment}", read)
+        except errors.NotFound:
+            return None
         for run in runs:
             if metric in run.data.metrics:
                 return float(run.data.metrics[metric])
         return None
 
     def champion_metric(self, *, model: str, metric: str) -> float | None:
-        try:
-            version = self.client.get_model_version_by_alias(model, constants.CHAMPION_ALIAS)
-        except Exception as exc:
-            if self._missing(exc):
-                return None
-            raise self._fail(exc, f"reading the champion of {model}") from exc
-        tagged = (version.tags or {}).get(f"{constants.TAG_METRIC_PREFIX}{metric}")
+        """The champion's validation value of ``metric`` (its version tag, else its run's metric)."""
+        champion = self.champion(model)
+        if champion is None:
+            return None
+        tagged = champion.tags.get(f"{tags.METRIC_PREFIX}{metric}")
         if tagged is not None:
             return float(tagged)
-        if not version.run_id:
+        run_id = champion.run_id
+        if run_id is None:
             return None
         try:
-            run = self.client.get_run(version.run_id)
-        except Exception as exc:
-            if self._missing(exc):
-                return None
-            raise self._fail(exc, f"reading run {version.run_id}") from exc
+            run = self.call(f"reading run {run_id}", lambda: self.client.get_run(run_id))
+        except errors.NotFound:
+            return None
         value = run.data.metrics.get(metric)
         return float(value) if value is not None else None
 
-
-class MlflowRegistry(_Mlflow):
-    """Moves the champion alias (rollback) and reads version history."""
-
-    def champion(self, model: str) -> str | None:
-        """The champion's version, or None."""
-        try:
-            return str(self.client.get_model_version_by_alias(model, constants.CHAMPION_ALIAS).version)
-        except Exception as exc:
-            if self._missing(exc):
-                return None
-            raise self._fail(exc, f"reading the champion of {model}") from exc
-
     def promoted_versions(self, model: str) -> list[str]:
         """Versions the gate promoted, oldest first."""
-        try:
-            found = self.client.search_model_versions(
-                f"name = '{model}' and tags.`{constants.TAG_GATE_DECISION}` = 'promoted'"
-            )
-        except Exception as exc:
-            raise self._fail(exc, f"listing versions of {model}") from exc
-        return [str(v.version) for v in sorted(found, key=lambda v: int(v.version))]
+        return [str(v.version) for v in self.versions(model, **{tags.GATE_DECISION: "promoted"})]
 
-    def move_champion(self, model: str, version: str, *, actor: str, reason: str) -> None:
-        """Point ``champion`` at ``version`` and tag the version with who moved it and why."""
-        try:
-            self.client.get_model_version(model, version)
-            self.client.set_registered_model_alias(model, constants.CHAMPION_ALIAS, version)
-            self.client.set_model_version_tag(model, version, "retrain.rollback", f"{actor}: {reason}")
-        except Exception as exc:
-            raise self._fail(exc, f"moving the champion of {model} to v{version}") from exc
-
-    def outcome_of(self, model: str, run_key: str) -> dict[str, Any]:
-        """The gate's outcome for the version a run registered (for launchers without an outcome file)."""
-        try:
-            found = self.client.search_model_versions(
-                f"name = '{model}' and tags.`{constants.TAG_RUN_KEY}` = '{run_key}'"
-            )
-        except Exception as exc:
-            raise self._fail(exc, f"finding the version of run {run_key}") from exc
+    def outcome_of(self, model: str, run_key: str) -> outcomes.GateOutcome | None:
+        """The gate's outcome as recorded on the version a run registered (None: it registered none)."""
+        found = self.versions(model, **{tags.RUN_KEY: run_key})
         if not found:
-            return {}
-        version = max(found, key=lambda v: int(v.version))
-        tags = version.tags or {}
-        metric = tags.get(f"{constants.TAG_METRIC_PREFIX}map50_95")
-        return {
-            "model": model,
-            "version": str(version.version),
-            "decision": tags.get(constants.TAG_GATE_DECISION, "unknown"),
-            "reason": tags.get(constants.TAG_GATE_REASON, ""),
-            "previous_champion": tags.get("retrain.champion_at_evaluation"),
-            "candidate": {"map50_95": float(metric)} if metric is not None else {},
-        }
+            return None
+        return outcome_from_tags(model, found[-1].version, dict(found[-1].tags or {}))
+
+    # --- writing ----------------------------------------------------------------------------------
+    def move_champion(self, model: str, version: str, *, actor: str, reason: str) -> None:
+        """Point ``champion`` at ``version`` and tag the version with who moved it and why.
+
+        Raises:
+            errors.NotFound: no such model or version.
+        """
+        with self.calling(f"moving the champion of {model} to v{version}"):
+            self.client.get_model_version(model, version)
+            self.client.set_registered_model_alias(model, tags.CHAMPION_ALIAS, version)
+            self.client.set_model_version_tag(model, version, tags.ROLLBACK, f"{actor}: {reason}")
+
+
+def outcome_from_tags(model: str, version: str, found: dict[str, str]) -> outcomes.GateOutcome | None:
+    """The gate's outcome written on a model version (None when the gate never tagged it)."""
+    decision = found.get(tags.GATE_DECISION)
+    if decision is None:
+        return None
+    metric = found.get(f"{tags.METRIC_PREFIX}map50_95")
+    map50 = found.get(f"{tags.METRIC_PREFIX}map50")
+    candidate = outcomes.Evaluation(map50_95=float(metric), map50=float(map50 or 0.0)) if metric is not None else None
+    previous = found.get(tags.CHAMPION_AT_EVALUATION)
+    return outcomes.GateOutcome(
+        model=model,
+        version=str(version),
+        decision=outcomes.GateDecision(decision),
+        reason=found.get(tags.GATE_REASON, ""),
+        previous_champion=None if previous in (None, "", "none") else previous,
+        candidate=candidate,
+    )

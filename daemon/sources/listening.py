@@ -17,7 +17,6 @@ stream itself.
 from __future__ import annotations
 
 import json
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -27,8 +26,7 @@ import urllib3
 from minio import Minio
 from minio.error import MinioException
 
-from daemon import errors, logs
-from daemon.engine import backoff
+from daemon import errors, logs, retrying
 from daemon.model import events
 from daemon.sources import base, datasets, minio_records
 
@@ -64,7 +62,6 @@ class MinioListener:
         on_gap: Callable[[str], None],
         base_s: float = 1.0,
         cap_s: float = 60.0,
-        rng: random.Random | None = None,
     ) -> None:
         self.client = client
         self.endpoint = endpoint
@@ -72,9 +69,7 @@ class MinioListener:
         self.locations = locations
         self.sink = sink
         self.on_gap = on_gap
-        self.base_s = base_s
-        self.cap_s = cap_s
-        self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self.delay_s = retrying.full_jitter(base_s=base_s, cap_s=cap_s)
         self.name = f"minio_listen:{bucket}"
         self._stopping = threading.Event()
         self._response: Any = None
@@ -147,7 +142,7 @@ class MinioListener:
             self.sink.board.add(self.name, gaps=1)
             self.sink.board.update(self.name, connected=False)
             attempt = 0 if time.monotonic() - opened_at > HEALTHY_STREAM_S else attempt + 1
-            wait = backoff.delay_s(attempt, base_s=self.base_s, cap_s=self.cap_s, draw=self.rng.random())
+            wait = self.delay_s(attempt)
             log.warning("listen_gap", bucket=self.bucket, retry_in_s=round(wait, 2))
             self._stopping.wait(wait)
 

@@ -8,6 +8,7 @@ environment) and are never logged.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -88,6 +89,13 @@ class S3Store:
                 yield ObjectInfo(key=obj.object_name, etag=(obj.etag or "").strip('"'), size=obj.size or 0)
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise self.translate(exc, doing=f"listing s3://{bucket}/{prefix}") from exc
+
+    def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str = "application/json") -> None:
+        """Write one (small) object; the same key written twice holds the same bytes (keys are content hashes)."""
+        try:
+            self.client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self.translate(exc, doing=f"writing s3://{bucket}/{key}") from exc
 
     def read_text(self, bucket: str, key: str) -> str:
         """A small text object's content (label files)."""

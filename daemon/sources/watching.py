@@ -110,6 +110,8 @@ class FolderSource(FileSystemEventHandler):
         self._rescan_now = threading.Event()
         self._overflowed = threading.Event()
         self._young_seen = False
+        self.failed: str | None = None
+        """Why the folder cannot be watched any more (it vanished: a volume unmounted); None while it can."""
         self._observer: BaseObserver | None = None
         self._threads: list[threading.Thread] = []
         self._alarm = _OverflowAlarm(self._overflowed)
@@ -283,8 +285,18 @@ class FolderSource(FileSystemEventHandler):
         return found, young
 
     def rescan(self) -> reconciling.ReconcileResult:
-        """Reconcile the folder with the journal's inventory (start-up, periodic, after an overflow)."""
+        """Reconcile the folder with the journal's inventory (start-up, periodic, after an overflow).
+
+        Raises:
+            errors.PermanentError: the folder is gone (an unmounted volume): nothing is marked deleted.
+        """
         started = time.monotonic()
+        if not self.root.is_dir():
+            # An empty listing of a vanished mount would read as "every file deleted": refuse instead.
+            raise errors.PermanentError(
+                f"dataset folder {self.root} of {self.location.name} is gone (volume unmounted?); nothing was "
+                "marked deleted"
+            )
         self.flush()
         listing, young = self._walk()
         self._young_seen = bool(young)  # files still being written: look again once they settle
@@ -341,6 +353,11 @@ class FolderSource(FileSystemEventHandler):
                     last_rescan = time.monotonic()
                     self.rescan()
                     next_rescan = time.monotonic() + self.rescan_interval_s
+            except errors.PermanentError as exc:
+                log.error("folder_source_failed", dataset=self.location.name, error=str(exc))
+                self.failed = str(exc)
+                self.sink.board.update(self.name, connected=False, last_error=str(exc))
+                return  # the supervisor restarts the source once the folder is back
             except errors.RetrainError as exc:
                 log.warning("folder_source_error", dataset=self.location.name, error=str(exc))
                 self.sink.board.update(self.name, last_error=str(exc))
@@ -365,8 +382,12 @@ class FolderSource(FileSystemEventHandler):
         observer.schedule(self, str(self.root), recursive=True)
         observer.start()
         self._observer = observer
-        self.sink.board.update(self.name, connected=True)
-        self.rescan()
+        try:
+            self.rescan()
+        except BaseException:
+            self.stop()
+            raise
+        self.sink.board.update(self.name, connected=True, last_error=None)
         thread = threading.Thread(target=self._background, name=self.name, daemon=True)
         thread.start()
         self._threads.append(thread)

@@ -1,62 +1,77 @@
 """evaluate_and_promote: candidate and champion on the same validation images, the gate, the registry.
 
-The candidate is always registered as a new version carrying its metrics and the gate's decision and
-reason as tags. The ``champion`` alias moves only when the gate says so, with a compare-and-set: right
-before moving it, the alias is read again, and if another run moved it since this evaluation began the
-promotion is refused (and recorded as such). MLflow has no atomic compare-and-set on aliases, so a window of
-a few milliseconds remains between the re-read and the move; the daemon runs one promotion per model at a
-time, which closes it in practice.
+The candidate is registered as a new version carrying its metrics and the gate's decision and reason as
+tags. The ``champion`` alias moves only when the gate says so, with a compare-and-set: right before moving
+it, the alias is read again, and if another run moved it since this evaluation began the promotion is
+refused (and recorded as such). MLflow has no atomic compare-and-set on aliases, so a window of a few
+milliseconds remains between the re-read and the move; the daemon runs one promotion per model at a time,
+which closes it in practice.
+
+Idempotent by run key, because KFP retries a failed task: a version this run already registered is found by
+its ``retrain.run_key`` tag and never registered twice; if the alias already points at it (an attempt died
+after moving it), the outcome is "promoted" without gating the version against itself; if the gate already
+tagged it, that decision stands.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon import constants, failpoints
+from daemon import failpoints
 from daemon.engine import gating
-from daemon.model import rules
+from daemon.model import outcomes, rules, tags
+from daemon.registry import mlflow as registry
 from pipelines.steps import training
 
 
-@dataclass(frozen=True, kw_only=True)
-class Champion:
-    version: str
-    weights: Path
-
-
-def current_champion(client: Any, name: str, *, workdir: Path) -> Champion | None:
-    """The champion version and its weights, downloaded; None when the model has none."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        version = client.get_model_version_by_alias(name, constants.CHAMPION_ALIAS)
-    except MlflowException as exc:
-        if str(exc.error_code) in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
+def _champion_weights(name: str, version: str, *, workdir: Path) -> Path:
     import mlflow
 
     local = Path(
         mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version.version}", dst_path=str(workdir / f"champion-v{version.version}")
+            artifact_uri=f"models:/{name}/{version}", dst_path=str(workdir / f"champion-v{version}")
         )
     )
     weights = sorted(local.rglob("*.pt"))
     if not weights:
-        raise FileNotFoundError(f"champion {name} v{version.version} holds no .pt weights")
-    return Champion(version=str(version.version), weights=weights[0])
+        raise FileNotFoundError(f"champion {name} v{version} holds no .pt weights")
+    return weights[0]
 
 
-def _scores(evaluation: training.Evaluation) -> gating.Scores:
-    return gating.Scores(map50_95=evaluation.map50_95, map50=evaluation.map50, per_class=evaluation.per_class)
+def _already_done(registry_: registry.Mlflow, name: str, version: Any) -> outcomes.GateOutcome | None:
+    """The outcome of an earlier attempt of this run, if it got as far as a decision or a move."""
+    found = dict(version.tags or {})
+    recorded = registry.outcome_from_tags(name, str(version.version), found)
+    champion = registry_.champion(name)
+    if champion is not None and champion.version == str(version.version):
+        if recorded is not None and recorded.promoted:
+            return recorded
+        previous = found.get(tags.CHAMPION_AT_EVALUATION)
+        reason = "an earlier attempt of this run moved the alias to this version and died before reporting"
+        _tag(registry_, name, str(version.version), outcomes.GateDecision.PROMOTED, reason)
+        return outcomes.GateOutcome(
+            model=name,
+            version=str(version.version),
+            decision=outcomes.GateDecision.PROMOTED,
+            reason=reason,
+            previous_champion=None if previous in (None, "none") else previous,
+            recovered=True,
+        )
+    return recorded
+
+
+def _tag(registry_: registry.Mlflow, name: str, version: str, decision: outcomes.GateDecision, reason: str) -> None:
+    client = registry_.client
+    with registry_.calling(f"tagging {name} v{version} with the gate's decision"):
+        client.set_model_version_tag(name, version, tags.GATE_DECISION, decision.value)
+        client.set_model_version_tag(name, version, tags.GATE_REASON, reason)
 
 
 def evaluate_and_promote(
     *,
-    client: Any,
+    registry_: registry.Mlflow,
     registered_name: str,
     model_uri: str,
     run_id: str,
@@ -67,63 +82,66 @@ def evaluate_and_promote(
     policy: rules.PromotionSpec,
     run_key: str,
     workdir: Path,
-) -> dict[str, Any]:
-    """Evaluate, gate, register and maybe promote. Returns the decision with its numbers."""
+) -> outcomes.GateOutcome:
+    """Evaluate, gate, register (once per run key) and maybe promote. Returns the gate's outcome."""
     import mlflow
 
-    champion = current_champion(client, registered_name, workdir=workdir)
+    registered = registry_.versions(registered_name, **{tags.RUN_KEY: run_key})
+    if registered:
+        done = _already_done(registry_, registered_name, registered[-1])
+        if done is not None:
+            print(f"run {run_key} already has a gate decision for v{done.version}: {done.decision} (a retried task)")
+            return done
+    champion = registry_.champion(registered_name)
     candidate_eval = training.evaluate(weights=candidate_weights, data_yaml=data_yaml, imgsz=imgsz, device=device)
-    champion_eval = (
-        training.evaluate(weights=champion.weights, data_yaml=data_yaml, imgsz=imgsz, device=device)
-        if champion is not None
-        else None
-    )
-    verdict = gating.gate(
-        candidate=_scores(candidate_eval),
-        champion=_scores(champion_eval) if champion_eval is not None else None,
-        policy=policy,
-    )
+    champion_eval = None
+    if champion is not None:
+        weights = _champion_weights(registered_name, champion.version, workdir=workdir)
+        champion_eval = training.evaluate(weights=weights, data_yaml=data_yaml, imgsz=imgsz, device=device)
+    verdict = gating.gate(candidate=candidate_eval, champion=champion_eval, policy=policy)
     metrics = {f"val_{k}": v for k, v in candidate_eval.to_json().items() if k != "per_class"}
     if champion_eval is not None:
         metrics |= {f"champion_val_{k}": v for k, v in champion_eval.to_json().items() if k != "per_class"}
-    client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, float(v), 0, 0) for k, v in metrics.items()])
-    tags = {
-        constants.TAG_RUN_KEY: run_key,
-        f"{constants.TAG_METRIC_PREFIX}map50_95": f"{candidate_eval.map50_95:.6f}",
-        f"{constants.TAG_METRIC_PREFIX}map50": f"{candidate_eval.map50:.6f}",
-        "retrain.per_class_ap": json.dumps(candidate_eval.per_class),
-        "retrain.champion_at_evaluation": champion.version if champion else "none",
+    client = registry_.client
+    with registry_.calling(f"logging the evaluation of {run_key}"):
+        client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, float(v), 0, 0) for k, v in metrics.items()])
+    version_tags = {
+        tags.RUN_KEY: run_key,
+        f"{tags.METRIC_PREFIX}map50_95": f"{candidate_eval.map50_95:.6f}",
+        f"{tags.METRIC_PREFIX}map50": f"{candidate_eval.map50:.6f}",
+        tags.PER_CLASS_AP: json.dumps(candidate_eval.to_json()["per_class"]),
+        tags.CHAMPION_AT_EVALUATION: champion.version if champion else "none",
     }
-    version = mlflow.register_model(model_uri, registered_name, tags=tags)
-    decision = "promoted" if verdict.promote else "rejected"
+    if registered:
+        version = str(registered[-1].version)
+        with registry_.calling(f"tagging {registered_name} v{version}"):
+            for key, value in version_tags.items():
+                client.set_model_version_tag(registered_name, version, key, value)
+    else:
+        mlflow.set_tracking_uri(registry_.tracking_uri)  # register_model uses the global URI
+        version = str(mlflow.register_model(model_uri, registered_name, tags=version_tags).version)
+    decision = outcomes.GateDecision.PROMOTED if verdict.promote else outcomes.GateDecision.REJECTED
     reason = verdict.reason
     if verdict.promote:
-        now = current_version(client, registered_name)
+        now = registry_.champion(registered_name)
         expected = champion.version if champion else None
-        if now != expected:
-            decision = "refused"
-            reason = f"champion moved from v{expected} to v{now} during evaluation; {verdict.reason}"
+        moved_to = now.version if now else None
+        if moved_to != expected:
+            decision = outcomes.GateDecision.REFUSED
+            reason = f"champion moved from v{expected} to v{moved_to} during evaluation; {verdict.reason}"
         else:
-            client.set_registered_model_alias(registered_name, constants.CHAMPION_ALIAS, version.version)
+            with registry_.calling(f"moving the champion of {registered_name} to v{version}"):
+                client.set_registered_model_alias(registered_name, tags.CHAMPION_ALIAS, version)
             failpoints.hit("promotion_done")
-    client.set_model_version_tag(registered_name, version.version, constants.TAG_GATE_DECISION, decision)
-    client.set_model_version_tag(registered_name, version.version, constants.TAG_GATE_REASON, reason)
-    client.set_tag(run_id, constants.TAG_GATE_DECISION, decision)
-    return {
-        "model": registered_name,
-        "version": str(version.version),
-        "decision": decision,
-        "reason": reason,
-        "previous_champion": champion.version if champion else None,
-        "candidate": candidate_eval.to_json(),
-        "champion": champion_eval.to_json() if champion_eval else None,
-    }
-
-
-def current_version(client: Any, name: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(name, constants.CHAMPION_ALIAS).version)
-    except MlflowException:
-        return None
+    _tag(registry_, registered_name, version, decision, reason)
+    with registry_.calling(f"tagging run {run_id}"):
+        client.set_tag(run_id, tags.GATE_DECISION, decision.value)
+    return outcomes.GateOutcome(
+        model=registered_name,
+        version=version,
+        decision=decision,
+        reason=reason,
+        previous_champion=champion.version if champion else None,
+        candidate=candidate_eval,
+        champion=champion_eval,
+    )

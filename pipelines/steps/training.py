@@ -1,40 +1,24 @@
-"""train / evaluate: Ultralytics YOLO, offline, tracked in MLflow.
+"""train / evaluate: Ultralytics YOLO, offline (:mod:`pipelines.steps.offline`), tracked in MLflow.
 
-Offline means: ``YOLO_OFFLINE=1``, a private ``YOLO_CONFIG_DIR`` with a TTF copied in as ``Arial.ttf``
-(Ultralytics otherwise tries to download it on every dataset check), and base weights that are a local
-file, a ``*.yaml`` model config (random init) or an MLflow model. Nothing is downloaded at run time.
+Training is idempotent by run key, because KFP retries a failed task: the MLflow run is found by its
+``retrain.run_key`` tag; a run that already finished with its model logged is returned as it is (the retry
+does not train twice), one that died mid-way is resumed (the same MLflow run, trained again).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from dataclasses import dataclass
+import math
 from pathlib import Path
 from typing import Any
 
 from daemon import constants
+from daemon.model import outcomes, tags
+from daemon.registry import mlflow as registry
+from pipelines.steps.offline import prepare_offline
 
-
-def prepare_offline(config_dir: Path | None = None) -> Path:
-    """Point Ultralytics at a config dir with a font, and switch off every download. The trainer image sets
-    ``YOLO_CONFIG_DIR`` to a folder with the font baked in; elsewhere a temporary folder gets a copy."""
-    configured = os.environ.get("YOLO_CONFIG_DIR")
-    directory = config_dir or (Path(configured) if configured else Path(tempfile.gettempdir()) / "retrain-yolo-config")
-    (directory / "Ultralytics").mkdir(parents=True, exist_ok=True)
-    font = directory / "Ultralytics" / "Arial.ttf"
-    if not font.exists():
-        import matplotlib
-
-        dejavu = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-        shutil.copyfile(dejavu, font)
-        shutil.copyfile(dejavu, directory / "Arial.ttf")
-    os.environ["YOLO_OFFLINE"] = "1"
-    os.environ["YOLO_CONFIG_DIR"] = str(directory)
-    os.environ.setdefault("MLFLOW_KEEP_RUN_ACTIVE", "true")
-    return directory
+#: Run tag holding the logged model's URI once training finished (what a retry reuses).
+MODEL_URI_TAG = "retrain.model_uri"
 
 
 def device_for(gpus: int) -> str:
@@ -45,44 +29,22 @@ def device_for(gpus: int) -> str:
     return "cpu"
 
 
-@dataclass(frozen=True, kw_only=True)
-class Evaluation:
-    map50_95: float
-    map50: float
-    per_class: dict[str, float]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"map50_95": self.map50_95, "map50": self.map50, "per_class": self.per_class}
+def _finite(value: Any) -> float:
+    number = float(value)
+    return number if math.isfinite(number) else math.nan
 
 
-def resolve_base(base: str, *, workdir: Path) -> str:
-    """A local path for the base model: a file, a model config, or the weights of an MLflow model."""
-    if base.startswith("models:/"):
-        import mlflow
-
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=base, dst_path=str(workdir / "base")))
-        weights = sorted(local.rglob("*.pt"))
-        if not weights:
-            raise FileNotFoundError(f"{base} holds no .pt weights")
-        return str(weights[0])
-    if base.endswith(".pt") and not Path(base).exists():
-        raise FileNotFoundError(
-            f"base weights {base} not found: provide the file (nothing is downloaded), use a *.yaml config, "
-            "or models:/NAME@champion"
-        )
-    return base
-
-
-def evaluate(*, weights: Path, data_yaml: Path, imgsz: int, device: str) -> Evaluation:
-    """mAP50-95, mAP50 and per-class AP50-95 on the validation split."""
+def evaluate(*, weights: Path, data_yaml: Path, imgsz: int, device: str) -> outcomes.Evaluation:
+    """mAP50-95, mAP50 and per-class AP50-95 (by class name) on the validation split."""
     prepare_offline()
     from ultralytics import YOLO
 
     results = YOLO(str(weights)).val(
         data=str(data_yaml), imgsz=imgsz, device=device, plots=False, verbose=False, workers=0, batch=16
     )
-    per_class = {str(int(c)): float(results.box.maps[int(c)]) for c in results.box.ap_class_index}
-    return Evaluation(map50_95=float(results.box.map), map50=float(results.box.map50), per_class=per_class)
+    names = results.names
+    per_class = {str(names.get(int(c), int(c))): _finite(results.box.maps[int(c)]) for c in results.box.ap_class_index}
+    return outcomes.Evaluation(map50_95=_finite(results.box.map), map50=_finite(results.box.map50), per_class=per_class)
 
 
 def _metric_name(name: str) -> str:
@@ -90,12 +52,25 @@ def _metric_name(name: str) -> str:
     return name.replace("(", "").replace(")", "")
 
 
+def run_of(tracking_uri: str, experiment_id: str, run_key: str) -> Any:
+    """The MLflow run of ``run_key`` in the experiment, if an attempt (maybe an interrupted one) created it."""
+    client = registry.Mlflow(tracking_uri=tracking_uri)
+    key = registry.quoted(run_key, what="run key")
+    found = client.call(
+        f"finding the MLflow run of {run_key}",
+        lambda: client.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{tags.RUN_KEY}` = {key}", order_by=["attributes.start_time DESC"]
+        ),
+    )
+    return found[0] if found else None
+
+
 def train_tracked(
     *,
     tracking_uri: str,
     experiment: str,
     run_key: str,
-    tags: dict[str, str],
+    run_tags: dict[str, str],
     data_yaml: Path,
     base: str,
     epochs: int,
@@ -105,7 +80,8 @@ def train_tracked(
     device: str,
     out_dir: Path,
 ) -> dict[str, str]:
-    """Train inside an MLflow run named ``run_key``: params, per-epoch metrics, weights and a pyfunc model.
+    """Train inside the MLflow run of ``run_key`` (found by its tag, created once): params, per-epoch
+    metrics, weights and a pyfunc model. A retry of a finished training returns the finished run.
 
     Returns ``run_id``, ``model_uri`` and ``weights`` (the local best weights).
     """
@@ -118,11 +94,25 @@ def train_tracked(
 
     yolo_settings.update({"mlflow": False})  # our own callback logs, once, with MLflow-safe names
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_key, tags=tags) as run:
-        mlflow.log_params(
-            {"base": base, "epochs": epochs, "imgsz": imgsz, "batch": batch, "device": device, **hyperparameters}
+    experiment_id = mlflow.set_experiment(experiment).experiment_id
+    previous = run_of(tracking_uri, experiment_id, run_key)
+    if previous is not None and previous.info.status == "FINISHED" and MODEL_URI_TAG in previous.data.tags:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=previous.info.run_id, artifact_path="weights", dst_path=str(out_dir / "reused")
         )
+        weights = sorted(Path(local).rglob("*.pt"))[0]
+        print(f"run {run_key} already trained in MLflow run {previous.info.run_id}: reused (a retried task)")
+        return {"run_id": previous.info.run_id, "model_uri": previous.data.tags[MODEL_URI_TAG], "weights": str(weights)}
+    if previous is not None:
+        started = mlflow.start_run(run_id=previous.info.run_id)
+        print(f"run {run_key}: resuming MLflow run {previous.info.run_id} (an earlier attempt did not finish)")
+    else:
+        started = mlflow.start_run(run_name=run_key, tags=run_tags)
+    with started as run:
+        if previous is None:
+            mlflow.log_params(
+                {"base": base, "epochs": epochs, "imgsz": imgsz, "batch": batch, "device": device, **hyperparameters}
+            )
 
         def log_epoch(trainer: Any) -> None:
             values = {_metric_name(k): float(v) for k, v in trainer.metrics.items()}
@@ -155,6 +145,7 @@ def train_tracked(
             artifacts={"weights": str(weights)},
             pip_requirements=["ultralytics>=8.3,<9", "retrain-daemon[train]"],
         )
+        mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
         return {"run_id": run.info.run_id, "model_uri": info.model_uri, "weights": str(weights)}
 
 
@@ -170,11 +161,12 @@ def train(
     out_dir: Path,
     on_epoch: Any = None,
 ) -> Path:
-    """Train and return the best weights; ``on_epoch(trainer)`` is called after each epoch's validation."""
+    """Train from ``base`` (a weights file or a model config: :func:`pipelines.steps.bases.model_argument`)
+    and return the best weights; ``on_epoch(trainer)`` is called after each epoch's validation."""
     prepare_offline()
     from ultralytics import YOLO
 
-    model = YOLO(resolve_base(base, workdir=out_dir))
+    model = YOLO(base)
     if on_epoch is not None:
         model.add_callback("on_fit_epoch_end", on_epoch)
     model.train(

@@ -7,15 +7,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.engine import gating
-from daemon.model import rules
+from daemon.model import outcomes, rules
 
 
 def policy(**kwargs: object) -> rules.PromotionSpec:
     return rules.PromotionSpec(**kwargs)  # type: ignore[arg-type]
 
 
-def scores(value: float, **per_class: float) -> gating.Scores:
-    return gating.Scores(map50_95=value, map50=min(1.0, value + 0.2), per_class=per_class)
+def scores(value: float, **per_class: float) -> outcomes.Evaluation:
+    return outcomes.Evaluation(map50_95=value, map50=min(1.0, value + 0.2), per_class=per_class)
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,11 @@ def scores(value: float, **per_class: float) -> gating.Scores:
     ],
 )
 def test_gate(
-    candidate: gating.Scores, champion: gating.Scores | None, spec: rules.PromotionSpec, promote: bool, reason: str
+    candidate: outcomes.Evaluation,
+    champion: outcomes.Evaluation | None,
+    spec: rules.PromotionSpec,
+    promote: bool,
+    reason: str,
 ) -> None:
     verdict = gating.gate(candidate=candidate, champion=champion, policy=spec)
     assert verdict.promote is promote
@@ -72,3 +76,29 @@ def test_a_worse_model_never_becomes_champion(
         assert candidate > champion + margin
     if candidate <= champion:
         assert not verdict.promote
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "promote", "reason"),
+    [
+        # A NaN somewhere else must not switch the per-class guard off (class "dog" drops 0.8 -> 0.1).
+        (scores(0.5, cat=NAN, dog=0.1), scores(0.4, cat=0.3, dog=0.8), False, "class dog drops 0.7000"),
+        (scores(0.5, cat=0.3, dog=0.1), scores(0.4, cat=NAN, dog=0.8), False, "class dog drops 0.7000"),
+        # A class the candidate no longer predicts is a drop to 0, not a class to skip.
+        (scores(0.5, cat=0.4), scores(0.4, cat=0.3, dog=0.2), False, "class dog drops 0.2000"),
+        # The candidate finding nothing for a class is a drop too.
+        (scores(0.5, cat=0.4, dog=NAN), scores(0.4, cat=0.3, dog=0.2), False, "class dog drops 0.2000"),
+        # A champion class without an AP cannot be compared: said, not fatal.
+        (scores(0.5, cat=0.4, dog=0.2), scores(0.4, cat=0.3, dog=NAN), True, "not compared: dog"),
+        (scores(NAN), scores(0.4), False, "not a number"),
+        (scores(0.3), scores(NAN), True, "beats champion 0.0000"),
+    ],
+)
+def test_nan_and_missing_classes(
+    candidate: outcomes.Evaluation, champion: outcomes.Evaluation, promote: bool, reason: str
+) -> None:
+    verdict = gating.gate(candidate=candidate, champion=champion, policy=policy(max_class_drop=0.05))
+    assert (verdict.promote, reason in verdict.reason) == (promote, True), verdict.reason

@@ -72,7 +72,8 @@ def test_rules_check_reports_every_error_with_file_and_line() -> None:
         f"{d}/05-structure.yaml:2: rule 'Delta_Rule': field 'dataset.source': "
         "'http://example/data' is neither s3://bucket/prefix/ nor file:///path",
         f"{d}/05-structure.yaml:3: rule 'Delta_Rule': field 'model.base': "
-        "'weights.bin': base must be a .pt weights file, a .yaml model config or models:/...",
+        "'weights.bin': base must be .pt weights (s3://..., file:///... or a file in the trainer image), "
+        "a .yaml model config or models:/...",
         f"{d}/05-structure.yaml:5: rule 'Delta_Rule': field 'triggers[0]': a trigger has exactly one of "
         "new_labels, schedule, class_drift, metric_drift; got new_labels, schedule",
         f"{d}/05-structure.yaml:9: rule 'Delta_Rule': field 'training.tune.space.lr0': "

@@ -126,7 +126,7 @@ def test_killed_after_the_intent_and_after_submitting_before_recording(
     builder = reactor.Reactor(settings_of(daemon))  # the same spec and launcher the daemon would use
     run = builder.journal.get_run(ids.RunKey(second))
     assert run is not None
-    builder.launcher.submit(ids.RunKey(second), builder.spec_for(loaded.rule, run))
+    builder.launcher.submit(ids.RunKey(second), builder.launching.spec(loaded.rule, run))
     builder.journal.close()
     daemon.start()
     wait_until(lambda: count(daemon, lambda j: sum(r.state.final for r in j.runs())) == 2, 600, "the second outcome")

@@ -15,7 +15,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon import constants, reactor, settings
+from daemon import reactor, settings
+from daemon.model import tags
 from daemon.model import runs
 from pipelines import synthetic
 from tests.support import services
@@ -104,7 +105,7 @@ def test_batches_trigger_exactly_the_implied_runs_and_the_champion_moves_only_up
         from mlflow.tracking import MlflowClient
 
         champion = MlflowClient(tracking_uri=mlflow_server.url).get_model_version_by_alias(
-            "e2e-detector", constants.CHAMPION_ALIAS
+            "e2e-detector", tags.CHAMPION_ALIAS
         )
         assert champion.version == (second.version if expected == "promoted" else promotions[0].version)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from daemon import constants
+from daemon.model import tags
 from daemon.journal import sqlite
 from tests.support import apps, services
 from tests.support.processes import run_cli as run
@@ -23,9 +23,9 @@ def three_versions(mlflow_server: services.MlflowServer, model: str) -> MlflowCl
     for _ in range(3):
         run_id = client.create_run(experiment).info.run_id
         version = client.create_model_version(model, source=f"runs:/{run_id}/model", run_id=run_id)
-        client.set_model_version_tag(model, version.version, constants.TAG_GATE_DECISION, "promoted")
-    client.set_model_version_tag(model, "2", constants.TAG_GATE_DECISION, "rejected")
-    client.set_registered_model_alias(model, constants.CHAMPION_ALIAS, "3")
+        client.set_model_version_tag(model, version.version, tags.GATE_DECISION, "promoted")
+    client.set_model_version_tag(model, "2", tags.GATE_DECISION, "rejected")
+    client.set_registered_model_alias(model, tags.CHAMPION_ALIAS, "3")
     return client
 
 
@@ -37,7 +37,7 @@ def test_rollback_moves_the_champion_back_and_records_it(mlflow_server: services
     result = run("rollback", model, "--reason", "v3 misses pallets at night", env=env)
     assert result.returncode == 0, result.stderr
     assert f"{model}: champion moved from v3 to v1" in result.stdout  # v2 was never promoted
-    assert client.get_model_version_by_alias(model, constants.CHAMPION_ALIAS).version == "1"
+    assert client.get_model_version_by_alias(model, tags.CHAMPION_ALIAS).version == "1"
     assert "v3 misses pallets at night" in client.get_model_version(model, "1").tags["retrain.rollback"]
     journal = sqlite.SqliteJournal(tmp_path / "journal.db")
     [record] = journal.promotions(model)
@@ -46,12 +46,12 @@ def test_rollback_moves_the_champion_back_and_records_it(mlflow_server: services
     assert record.reason == "v3 misses pallets at night"
 
     assert run("rollback", model, "--to", "3", env=env).returncode == 0
-    assert client.get_model_version_by_alias(model, constants.CHAMPION_ALIAS).version == "3"
+    assert client.get_model_version_by_alias(model, tags.CHAMPION_ALIAS).version == "3"
 
     missing = run("rollback", model, "--to", "99", env=env)
     assert missing.returncode == 1
     assert "moving the champion of rollback-detector to v99" in missing.stderr
-    assert client.get_model_version_by_alias(model, constants.CHAMPION_ALIAS).version == "3"
+    assert client.get_model_version_by_alias(model, tags.CHAMPION_ALIAS).version == "3"
 
 
 def test_the_api_rolls_back_with_the_token(mlflow_server: services.MlflowServer, tmp_path: Path) -> None:
@@ -63,12 +63,12 @@ def test_the_api_rolls_back_with_the_token(mlflow_server: services.MlflowServer,
         path = f"/api/v1/models/{model}/rollback"
         body = {"reason": "v3 misses pallets at night", "actor": "ops"}
         assert apps.request(app, "POST", path, json=body).status_code == 401
-        assert client.get_model_version_by_alias(model, constants.CHAMPION_ALIAS).version == "3"
+        assert client.get_model_version_by_alias(model, tags.CHAMPION_ALIAS).version == "3"
 
         done = apps.request(app, "POST", path, json=body, headers={"Authorization": f"Bearer {apps.API_TOKEN}"})
         assert done.status_code == 200, done.text
         assert done.json() == {"model": model, "previous": "3", "champion": "1", "actor": "api:ops"}
-        assert client.get_model_version_by_alias(model, constants.CHAMPION_ALIAS).version == "1"
+        assert client.get_model_version_by_alias(model, tags.CHAMPION_ALIAS).version == "1"
         [record] = journal.promotions(model)
         assert (record.kind, record.version, record.actor) == ("rollback", "1", "api:ops")
 

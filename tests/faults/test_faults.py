@@ -262,7 +262,8 @@ def test_killed_around_the_launch(faulty: FaultyDaemon, boundary: str) -> None:
 def champion_in_mlflow(faulty: FaultyDaemon) -> str | None:
     from daemon.registry import mlflow as registry
 
-    return registry.MlflowRegistry(tracking_uri=f"sqlite:///{faulty.tmp / 'mlflow.db'}").champion("faults-detector")
+    found = registry.Mlflow(tracking_uri=f"sqlite:///{faulty.tmp / 'mlflow.db'}").champion("faults-detector")
+    return found.version if found is not None else None
 
 
 @pytest.mark.parametrize("boundary", ["run_finished", "promotion_done"])
@@ -434,7 +435,7 @@ def test_mlflow_down_during_promotion(
             journal.close()
         from daemon.registry import mlflow as registry
 
-        assert registry.MlflowRegistry(tracking_uri=mlflow.url).champion("faults-detector") is None
+        assert registry.Mlflow(tracking_uri=mlflow.url).champion("faults-detector") is None
         assert faulty.terminate() == 0
     finally:
         mlflow.stop()
@@ -448,7 +449,10 @@ def _plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
-def test_launcher_errors_after_the_run_was_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.services
+def test_launcher_errors_after_the_run_was_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_server: services.S3Server, s3_bucket: str
+) -> None:
     """The KFP API creates each run but the reply is lost (504): the daemon finds the run by its name on the
     next pass and never creates a second one."""
     from daemon import reactor, settings
@@ -477,14 +481,19 @@ def test_launcher_errors_after_the_run_was_created(tmp_path: Path, monkeypatch: 
             f"rules.path={tmp_path / 'rules'}",
             "kfp.launcher=kfp",
             f"kfp.host={standin.url}",
+            f"kfp.inputs_uri=s3://{s3_bucket}/inputs/",
+            f"sources.s3.endpoint={s3_server.endpoint}",
+            "sources.s3.secure=false",
+            f"sources.s3.access_key={s3_server.access_key}",
+            f"sources.s3.secret_key={s3_server.secret_key}",
             "kfp.poll_interval_s=0.1",
             f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
             f"kfp.local_pipeline_root={tmp_path / 'runs'}",
         ],
     )
     daemon = reactor.Reactor(config)
-    daemon.rulebook.refresh()
-    daemon._sync_sources()
+    daemon.refresh_rules(force=True)
+    daemon.supervisor.work()
     try:
         for index in range(ITERATIONS):
             (data / "labels" / "train" / f"{index:03d}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
@@ -492,6 +501,7 @@ def test_launcher_errors_after_the_run_was_created(tmp_path: Path, monkeypatch: 
             while len([r for r in daemon.journal.runs(limit=1000) if r.state is runs.RunState.RUNNING]) <= index:
                 assert time.monotonic() < deadline, "the run was not recorded"
                 daemon.step()
+                daemon.launching.work()
                 time.sleep(0.2)
         journal_runs = daemon.journal.runs(limit=1000)
     finally:

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import yaml
 
-from daemon import constants
+from daemon.model import tags
 from daemon.engine import snapshots
 from daemon.model import rules
 from daemon.rules import loading
-from pipelines import synthetic, training
+from pipelines import arguments, synthetic
 from tests.support import services
 from tests.support.paths import SHARED
 
@@ -74,9 +74,9 @@ def run_pipeline(
     workdir.mkdir(parents=True, exist_ok=True)
     spec = {
         "pipeline_root": str(workdir / "kfp"),
-        "shape": dataclasses.asdict(training.Shape.of(rule)),
+        "shape": dataclasses.asdict(arguments.Shape.of(rule)),
         "pipeline": {"retries": 0},
-        "arguments": training.arguments(
+        "arguments": arguments.arguments(
             rule=rule,
             run_key=run_key,
             manifest_uri=manifest_uri,
@@ -151,20 +151,20 @@ def test_champion_moves_only_on_improvement(
     assert "is not more than min_improvement" in worse["reason"]
 
     mlflow = MlflowClient(tracking_uri=mlflow_server.url)
-    assert mlflow.get_model_version_by_alias("shapes-detector", constants.CHAMPION_ALIAS).version == "2"
+    assert mlflow.get_model_version_by_alias("shapes-detector", tags.CHAMPION_ALIAS).version == "2"
     for version, decision in (("1", "promoted"), ("2", "promoted"), ("3", "rejected")):
-        tags = mlflow.get_model_version("shapes-detector", version).tags
-        assert tags[constants.TAG_GATE_DECISION] == decision
-        assert tags[constants.TAG_GATE_REASON]
-        assert float(tags[f"{constants.TAG_METRIC_PREFIX}map50_95"]) >= 0
+        version_tags = mlflow.get_model_version("shapes-detector", version).tags
+        assert version_tags[tags.GATE_DECISION] == decision
+        assert version_tags[tags.GATE_REASON]
+        assert float(version_tags[f"{tags.METRIC_PREFIX}map50_95"]) >= 0
     # The training run: named by its run key, tagged, with per-epoch metrics.
     [run2] = mlflow.search_runs(
         [mlflow.get_experiment_by_name("shapes-detector").experiment_id],
         filter_string="attributes.run_name = 'shapes-r2'",
     )
-    assert run2.data.tags[constants.TAG_RUN_KEY] == "shapes-r2"
-    assert run2.data.tags[constants.TAG_RULE] == "shapes"
-    assert run2.data.tags[constants.TAG_DATASET_FINGERPRINT] == fingerprint
+    assert run2.data.tags[tags.RUN_KEY] == "shapes-r2"
+    assert run2.data.tags[tags.RULE] == "shapes"
+    assert run2.data.tags[tags.DATASET_FINGERPRINT] == fingerprint
     history = mlflow.get_metric_history(run2.info.run_id, "metrics/mAP50-95B")
     assert {m.step for m in history} >= set(range(1, 31))  # every epoch (and the final validation)
     assert run2.data.params["epochs"] == "30"
@@ -174,7 +174,7 @@ def test_champion_moves_only_on_improvement(
     import pandas as pd
 
     mlflow_module.set_tracking_uri(mlflow_server.url)
-    model = mlflow_module.pyfunc.load_model(f"models:/shapes-detector@{constants.CHAMPION_ALIAS}")
+    model = mlflow_module.pyfunc.load_model(f"models:/shapes-detector@{tags.CHAMPION_ALIAS}")
     image = sorted((data / "images").iterdir())[0]
     detections = model.predict(pd.DataFrame({"path": [str(image)]}))
     assert list(detections.columns) == ["path", "class_id", "class_name", "confidence", "x1", "y1", "x2", "y2"]

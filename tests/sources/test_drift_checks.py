@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import constants, settings
+from daemon import settings
+from daemon.model import tags
 from daemon.engine import deciding, drift
 from daemon.journal import base as journal_base
 from daemon.model import decisions, outcomes, runs
@@ -87,8 +88,8 @@ def test_metric_drift_from_a_real_mlflow_server(mlflow_server: services.MlflowSe
     client.set_terminated(train_run)
     client.create_registered_model(model)
     version = client.create_model_version(model, source=f"runs:/{train_run}/model", run_id=train_run)
-    client.set_model_version_tag(model, version.version, f"{constants.TAG_METRIC_PREFIX}map50_95", "0.45")
-    client.set_registered_model_alias(model, constants.CHAMPION_ALIAS, version.version)
+    client.set_model_version_tag(model, version.version, f"{tags.METRIC_PREFIX}map50_95", "0.45")
+    client.set_registered_model_alias(model, tags.CHAMPION_ALIAS, version.version)
     # A monitor logs mAP measured on live traffic to the model's experiment.
     live_exp = client.create_experiment(model)
     monitor_run = client.create_run(live_exp).info.run_id
@@ -103,7 +104,7 @@ def test_metric_drift_from_a_real_mlflow_server(mlflow_server: services.MlflowSe
     rule = rule.model_copy(update={"model": rule.model.model_copy(update={"registered_name": model})})
     sim = Simulation(rule=rule)
     sim.drop([label("a", dataset="drift")])
-    reader = registry.MlflowMetrics(tracking_uri=mlflow_server.url)
+    reader = registry.Mlflow(tracking_uri=mlflow_server.url)
     assert reader.champion_metric(model=model, metric="map50_95") == pytest.approx(0.45)
     assert reader.live_metric(experiment=model, metric="live_map50_95") == pytest.approx(0.31)
     assert reader.champion_metric(model="no-such-model", metric="map50_95") is None
@@ -131,7 +132,7 @@ def test_an_unreachable_mlflow_is_a_logged_skip_not_a_crash(monkeypatch: pytest.
     registry.configure(settings.MlflowSettings(max_retries=0, request_timeout_s=5))
     rule = make_rule(extra_triggers="  - metric_drift: {metric: live_map50_95, drop_from_champion: 0.05}\n")
     sim = Simulation(rule=rule)
-    reader = registry.MlflowMetrics(tracking_uri=f"http://127.0.0.1:{services.free_port()}")
+    reader = registry.Mlflow(tracking_uri=f"http://127.0.0.1:{services.free_port()}")
     board = base.StatusBoard()
     checker = drifting.DriftChecker(journal=sim.journal, board=board, clock=lambda: sim.now, metrics=reader)
     assert checker.run_due({"pets": rule}) == 0

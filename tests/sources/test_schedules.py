@@ -1,14 +1,14 @@
-"""Schedule triggers: cron(5) semantics through APScheduler, journaled ticks, restarts. Fake clock."""
+"""Schedule triggers, driven by the loop: each slot journaled once, catch-up within the grace only, a
+clock that steps back or jumps forward fires nothing twice and walks no year of minutes. Fake clock."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from apscheduler.events import EVENT_JOB_SUBMITTED, JobSubmissionEvent
 
 from daemon.journal import sqlite
-from daemon.model import crontab
+from daemon.model import crontab, rules
 from daemon.rules import loading
 from daemon.sources import base, scheduling
 
@@ -17,7 +17,7 @@ def at(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-def rule_map(cron: str, timezone: str = "UTC", grace: str = "10m") -> dict[str, object]:
+def rule_map(cron: str, timezone: str = "UTC", grace: str = "10m") -> dict[str, rules.Rule]:
     text = f"""
 name: nightly
 dataset: {{source: "s3://datasets/pets/"}}
@@ -39,82 +39,89 @@ class Clock:
         return self.now
 
 
+def source_at(now: datetime) -> tuple[scheduling.ScheduleSource, sqlite.SqliteJournal, Clock]:
+    journal = sqlite.SqliteJournal(":memory:")
+    clock = Clock(now)
+    return scheduling.ScheduleSource(journal=journal, board=base.StatusBoard(), clock=clock), journal, clock
+
+
+def ticks(journal: sqlite.SqliteJournal, rules_: dict[str, rules.Rule], now: datetime) -> list[datetime]:
+    return [t.slot for t in journal.rule_state(rules_["nightly"], now=now).ticks]
+
+
 @pytest.mark.parametrize(
     ("cron", "timezone"),
     [
-        ("0 3 * * 0", "UTC"),  # Sunday, not Monday
-        ("0 3 * * 7", "UTC"),
+        ("0 3 * * 0", "UTC"),
         ("30 2 * * 1-5", "America/New_York"),
-        ("0 4 * * sun", "Europe/Berlin"),
         ("*/20 9-17 * * mon-fri", "Asia/Tokyo"),
-        ("0 12 1 * 0", "UTC"),  # day of month OR day of week
-        ("15 6 1,15 * *", "Europe/Berlin"),
+        ("0 12 1 * 0", "UTC"),
         ("@daily", "Australia/Sydney"),
     ],
 )
-def test_apscheduler_trigger_fires_at_the_crontab_slots(cron: str, timezone: str) -> None:
-    [rule] = rule_map(cron, timezone).values()
-    spec = rule.triggers[1].schedule  # type: ignore[attr-defined]
-    trigger = scheduling.trigger_for(spec)
-    expr = crontab.CronExpression.parse(cron)
-    now = at("2026-11-23T00:00")  # a Monday
-    for _ in range(12):
-        expected = expr.next_after(now, spec.zone)
-        fired = trigger.get_next_fire_time(None, now + timedelta(microseconds=1))
-        assert fired is not None and expected is not None
-        assert fired.astimezone(UTC) == expected, (cron, timezone, now)
-        now = expected
-
-
-def test_sunday_is_zero_unlike_from_crontab() -> None:
-    [rule] = rule_map("0 3 * * 0").values()
-    trigger = scheduling.trigger_for(rule.triggers[1].schedule)  # type: ignore[attr-defined]
-    fired = trigger.get_next_fire_time(None, at("2026-11-23T00:00"))
-    assert fired is not None and fired.strftime("%A") == "Sunday"
+def test_a_week_of_loop_passes_journals_every_slot_once(cron: str, timezone: str) -> None:
+    """Passes every 37 s for a week: exactly the expression's slots are journaled, each once."""
+    rules_ = rule_map(cron, timezone, grace="5m")
+    start = at("2026-11-23T00:00")
+    source, journal, clock = source_at(start)
+    end = start + timedelta(days=7)
+    while clock.now < end:
+        source.due(rules_, now=clock.now)
+        clock.now += timedelta(seconds=37)
+    zone = rules_["nightly"].triggers[1].schedule.zone  # type: ignore[union-attr]
+    last_pass = clock.now - timedelta(seconds=37)
+    expected = crontab.CronExpression.parse(cron).slots_between(start - timedelta(seconds=1), last_pass, zone)
+    assert ticks(journal, rules_, end) == expected
 
 
 def test_a_slot_is_journaled_once_even_across_a_restart() -> None:
-    journal = sqlite.SqliteJournal(":memory:")
-    clock = Clock(at("2026-11-29T03:00:02"))
-    rules = rule_map("0 3 * * 0")
-    first = scheduling.ScheduleSource(journal=journal, board=base.StatusBoard(), clock=clock)
-    first.sync(rules)
-    slot = at("2026-11-29T03:00")
-    first._on_event(JobSubmissionEvent(EVENT_JOB_SUBMITTED, "nightly#1", "default", [slot]))
-    assert [t.slot for t in journal.rule_state(rules["nightly"], now=clock.now).ticks] == [slot]  # type: ignore[arg-type]
-
+    rules_ = rule_map("0 3 * * 0")
+    first, journal, clock = source_at(at("2026-11-29T03:00:02"))
+    assert first.due(rules_, now=clock.now) == 1
     # The daemon restarts two minutes later and catches up: the slot is already journaled.
     clock.now = at("2026-11-29T03:02")
     restarted = scheduling.ScheduleSource(journal=journal, board=base.StatusBoard(), clock=clock)
-    assert restarted.catch_up(rules, now=clock.now) == 0  # type: ignore[arg-type]
-    assert len(journal.rule_state(rules["nightly"], now=clock.now).ticks) == 1  # type: ignore[arg-type]
+    assert restarted.due(rules_, now=clock.now) == 0
+    assert ticks(journal, rules_, clock.now) == [at("2026-11-29T03:00")]
 
 
 def test_catch_up_journals_slots_missed_within_grace_only() -> None:
-    journal = sqlite.SqliteJournal(":memory:")
-    rules = rule_map("*/5 * * * *", grace="12m")
-    source = scheduling.ScheduleSource(journal=journal, board=base.StatusBoard(), clock=Clock(at("2026-11-23T10:31")))
+    rules_ = rule_map("*/5 * * * *", grace="12m")
+    source, journal, _ = source_at(at("2026-11-23T10:31"))
     # Down since 09:00: only the slots of the last 12 minutes are still worth a run.
-    assert source.catch_up(rules, now=at("2026-11-23T10:31")) == 3  # type: ignore[arg-type]
-    slots = [t.slot for t in journal.rule_state(rules["nightly"], now=at("2026-11-23T10:31")).ticks]  # type: ignore[arg-type]
-    assert slots == [at("2026-11-23T10:20"), at("2026-11-23T10:25"), at("2026-11-23T10:30")]
+    assert source.due(rules_, now=at("2026-11-23T10:31")) == 3
+    assert ticks(journal, rules_, at("2026-11-23T10:31")) == [
+        at("2026-11-23T10:20"),
+        at("2026-11-23T10:25"),
+        at("2026-11-23T10:30"),
+    ]
 
 
-def test_jobs_follow_rule_reloads_on_a_running_scheduler() -> None:
-    journal = sqlite.SqliteJournal(":memory:")
-    source = scheduling.ScheduleSource(journal=journal, board=base.StatusBoard(), clock=lambda: datetime.now(UTC))
-    source.start()
-    try:
-        source.sync(rule_map("0 3 * * 0", "Europe/Berlin"))  # type: ignore[arg-type]
-        [job] = source.scheduler.get_jobs()
-        assert job.id == "nightly#1"
-        assert job.next_run_time.strftime("%A %H:%M") == "Sunday 03:00"
-        assert str(job.next_run_time.tzinfo) == "Europe/Berlin"
-        source.sync(rule_map("30 2 * * 1-5", "America/New_York"))  # type: ignore[arg-type]
-        [job] = source.scheduler.get_jobs()
-        assert job.next_run_time.strftime("%H:%M") == "02:30"
-        assert job.next_run_time.strftime("%a") in {"Mon", "Tue", "Wed", "Thu", "Fri"}
-        source.sync({})
-        assert source.scheduler.get_jobs() == []
-    finally:
-        source.stop()
+def test_a_clock_that_steps_back_fires_no_slot_twice() -> None:
+    rules_ = rule_map("*/5 * * * *", grace="10m")
+    source, journal, _ = source_at(at("2026-11-23T10:00"))
+    for minute in range(0, 21):
+        source.due(rules_, now=at("2026-11-23T10:00") + timedelta(minutes=minute))
+    before = ticks(journal, rules_, at("2026-11-23T10:20"))
+    # NTP steps the clock back a quarter of an hour; the loop goes on from there.
+    for minute in range(5, 21):
+        assert source.due(rules_, now=at("2026-11-23T10:00") + timedelta(minutes=minute)) == 0
+    assert ticks(journal, rules_, at("2026-11-23T10:20")) == before
+
+
+def test_a_clock_that_jumps_a_year_ahead_looks_at_the_grace_period_only() -> None:
+    rules_ = rule_map("* * * * *", grace="3m")
+    source, journal, _ = source_at(at("2026-11-23T10:00"))
+    source.due(rules_, now=at("2026-11-23T10:00"))
+    ahead = at("2027-11-23T10:00")
+    assert source.due(rules_, now=ahead) == 3  # not half a million minutes
+    assert ticks(journal, rules_, ahead)[-3:] == [ahead - timedelta(minutes=2 - i) for i in range(3)]
+
+
+def test_schedules_follow_rule_reloads() -> None:
+    source, journal, clock = source_at(at("2026-11-23T02:25"))
+    source.due(rule_map("30 2 * * 1-5", "UTC"), now=clock.now)
+    assert source.due(rule_map("30 2 * * 1-5", "UTC"), now=at("2026-11-23T02:30")) == 1
+    # The trigger is removed: nothing fires any more.
+    clock.now = at("2026-11-24T02:30")
+    assert source.due({}, now=clock.now) == 0

@@ -46,7 +46,7 @@ def context_for(
         metrics=metrics.Metrics(
             board=board, journal=journal, rulebook=rulebook, clock=clock, since_last_pass=since_last_pass
         ),
-        registry=registry.MlflowRegistry(tracking_uri=tracking_uri),
+        registry=registry.Mlflow(tracking_uri=tracking_uri),
         receiver=receiver,
         api_token=api_token,
         clock=clock,

@@ -1,0 +1,92 @@
+"""Workers: background threads that do the daemon's slow, external work, so the loop never waits on a service.
+
+The loop (deciding) only reads and writes the journal. Everything that talks to S3, MLflow or KFP runs in a
+worker: launching intents, tracking runs, drift checks, reconciles, keeping sources watched. A hung
+service stalls its worker, never the loop, so ``/healthz`` keeps telling the truth about the loop and the
+worker's own status says what it waits for.
+
+A worker runs :meth:`Worker.work` every ``interval_s`` seconds, or at once when woken. ``work`` returns
+normally or raises; a :class:`~daemon.errors.RetrainError` is logged as a warning, anything else (a bug)
+is logged with its traceback and counted in ``retrain_loop_errors_total{part=...}``; the worker goes on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from daemon import errors, logs
+
+log = logs.get_logger(__name__)
+
+
+class Worker:
+    """One background thread around a ``work`` function.
+
+    Args:
+        name: the worker's name in logs, metrics and thread listings.
+        work: what one pass does.
+        interval_s: seconds between passes when nobody wakes the worker.
+        on_crash: called with the worker's name when a pass raised something unexpected (counts it).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        work: Callable[[], object],
+        interval_s: float,
+        on_crash: Callable[[str], None] = lambda name: None,
+    ) -> None:
+        self.name = name
+        self.work = work
+        self.interval_s = interval_s
+        self.on_crash = on_crash
+        self.last_pass_at: float | None = None
+        """Monotonic time the last pass ended (whatever its result)."""
+        self.last_error: str | None = None
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Run a pass now instead of at the end of the interval."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    def join(self, timeout_s: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def run_once(self) -> None:
+        """One pass, with failures turned into log lines (what the thread calls; tests call it too)."""
+        try:
+            self.work()
+            self.last_error = None
+        except errors.RetrainError as exc:
+            self.last_error = str(exc)
+            log.warning("worker_pass_failed", worker=self.name, error=str(exc), action="retried next pass")
+        except Exception as exc:  # a bug must not end the worker; it is logged with its traceback and counted
+            self.last_error = f"{exc.__class__.__name__}: {exc}"
+            self.on_crash(self.name)
+            log.exception("worker_pass_crashed", worker=self.name, action="retried next pass")
+        finally:
+            self.last_pass_at = time.monotonic()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            self.run_once()
+            self._wake.wait(self.interval_s)

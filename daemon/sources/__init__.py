@@ -1,0 +1,1 @@
+"""Event sources: everything that says "data changed" or "time to look" becomes a journaled event."""

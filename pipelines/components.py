@@ -1,0 +1,258 @@
+"""The pipeline's components: lightweight KFP components that run in the trainer image.
+
+KFP ships each function's source to the trainer image, where it imports the project's own code
+(``pipelines.steps``), so every import lives inside the function. The graph that wires them is
+:mod:`pipelines.graph`.
+"""
+
+# No `from __future__ import annotations` here: KFP reads the component functions' annotations as objects.
+
+from kfp import dsl
+
+
+def check_accelerator(require_gpu: bool) -> str:
+    """Report the devices torch sees; fail fast when a GPU is required and none is visible."""
+    import json
+
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    devices = [
+        {
+            "name": torch.cuda.get_device_name(i),
+            "memory_gib": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1),
+        }
+        for i in range(count)
+    ]
+    report = {"cuda": torch.cuda.is_available(), "count": count, "devices": devices, "torch": torch.__version__}
+    print(json.dumps(report))
+    if require_gpu and count == 0:
+        raise RuntimeError(
+            "this run requires a GPU but torch sees none: check the node's GPU driver, the task's "
+            "accelerator limit and the CUDA build of torch in the trainer image"
+        )
+    return json.dumps(report)
+
+
+def materialize_dataset(
+    manifest_uri: str,
+    s3_endpoint: str,
+    s3_secure: bool,
+    val_fraction: float,
+    base_model: str,
+    base_if_no_champion: str,
+    mlflow_tracking_uri: str,
+    dataset: dsl.Output[dsl.Dataset],
+    lineage: dsl.Output[dsl.Artifact],
+    base: dsl.Output[dsl.Model],
+) -> str:
+    """Download or copy the snapshot's files into a YOLO dataset, checking each against the snapshot; resolve
+    the base weights the training starts from (one task: each task costs a process start-up)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from pipelines.steps import bases, materializing
+
+    manifest = materializing.read_manifest(manifest_uri, s3_endpoint=s3_endpoint, s3_secure=s3_secure)
+    summary = materializing.materialize(
+        manifest, out_dir=Path(dataset.path), s3_endpoint=s3_endpoint, s3_secure=s3_secure, val_fraction=val_fraction
+    )
+    shutil.copyfile(Path(dataset.path) / "manifest.json", lineage.path)
+    dataset.metadata.update({"fingerprint": manifest.fingerprint, "items": len(manifest.items)})
+    used = bases.resolve(
+        base_model,
+        fallback=base_if_no_champion or None,
+        out=Path(base.path),
+        tracking_uri=mlflow_tracking_uri,
+        s3_endpoint=s3_endpoint,
+        s3_secure=s3_secure,
+    )
+    base.metadata.update({"source": used})
+    print(f"base model: {used}")
+    return json.dumps(summary | {"base": used})
+
+
+def validate_dataset(
+    raw: dsl.Input[dsl.Dataset],
+    max_bad_fraction: float,
+    dataset: dsl.Output[dsl.Dataset],
+    report: dsl.Output[dsl.Artifact],
+) -> str:
+    """Check labels and images; exclude bad items; fail when too many are bad."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import yaml
+
+    from pipelines.steps import validating
+
+    out = Path(dataset.path)
+    shutil.copytree(raw.path, out, dirs_exist_ok=True)
+    dataset.metadata.update(raw.metadata)  # the snapshot fingerprint travels on
+    data = yaml.safe_load((out / "data.yaml").read_text())
+    data["path"] = str(out)
+    (out / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    try:
+        result = validating.validate(out, classes=len(data["names"]), max_bad_fraction=max_bad_fraction)
+    finally:
+        shutil.copyfile(out / "validation_report.json", report.path) if (
+            out / "validation_report.json"
+        ).exists() else None
+    for problem in result.problems:
+        print(problem)
+    return json.dumps(result.to_json())
+
+
+def sample_trials(space_json: str, trials: int, seed: int) -> list:
+    """Sample the trials' hyperparameters from the rule's search space (deterministic)."""
+    import json
+
+    from pipelines.steps import tuning
+
+    return tuning.sample_trials(json.loads(space_json), trials=trials, seed=seed)
+
+
+def run_trial(
+    dataset: dsl.Input[dsl.Dataset],
+    params: dict,
+    base_json: str,
+    base: dsl.Input[dsl.Model],
+    epochs: int,
+    imgsz: int,
+    batch: int,
+    gpus: int,
+    metrics: dsl.Output[dsl.Metrics],
+) -> dict:
+    """Train a short trial with one hyperparameter set and report its validation mAP."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from pipelines.steps import bases, training
+
+    hyperparameters = {**json.loads(base_json), **params}
+    device = training.device_for(gpus)
+    data_yaml = Path(dataset.path) / "data.yaml"
+    with tempfile.TemporaryDirectory() as workdir:
+        weights = training.train(
+            data_yaml=data_yaml,
+            base=bases.model_argument(Path(base.path)),
+            epochs=epochs,
+            imgsz=imgsz,
+            batch=batch,
+            hyperparameters=hyperparameters,
+            device=device,
+            out_dir=Path(workdir),
+        )
+        result = training.evaluate(weights=weights, data_yaml=data_yaml, imgsz=imgsz, device=device)
+    metrics.log_metric("map50_95", result.map50_95)
+    metrics.log_metric("map50", result.map50)
+    return {"params": params, "map50_95": result.map50_95, "map50": result.map50}
+
+
+def pick_best(results: list, base_json: str) -> str:
+    """The hyperparameters of the best trial, on top of the rule's fixed ones."""
+    import json
+
+    from pipelines.steps import tuning
+
+    best = tuning.pick_best(results)
+    print(f"best trial: map50_95={best['map50_95']:.4f} params={best['params']}")
+    return json.dumps({**json.loads(base_json), **best["params"]})
+
+
+def train_model(
+    dataset: dsl.Input[dsl.Dataset],
+    hyperparameters_json: str,
+    base: dsl.Input[dsl.Model],
+    epochs: int,
+    imgsz: int,
+    batch: int,
+    gpus: int,
+    mlflow_tracking_uri: str,
+    experiment: str,
+    run_key: str,
+    rule: str,
+    code_version: str,
+    model: dsl.Output[dsl.Model],
+) -> str:
+    """Train in full, tracked in MLflow under a run named by the run key; log a pyfunc model."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from daemon.model import tags
+    from pipelines.steps import bases, training
+
+    fingerprint = (
+        dataset.metadata.get("fingerprint")
+        or json.loads((Path(dataset.path) / "manifest.json").read_text())["fingerprint"]
+    )
+    out = Path(model.path)
+    out.mkdir(parents=True, exist_ok=True)
+    info = training.train_tracked(
+        tracking_uri=mlflow_tracking_uri,
+        experiment=experiment,
+        run_key=run_key,
+        run_tags={
+            tags.RULE: rule,
+            tags.RUN_KEY: run_key,
+            tags.DATASET_FINGERPRINT: str(fingerprint),
+            tags.CODE_VERSION: code_version,
+        },
+        data_yaml=Path(dataset.path) / "data.yaml",
+        base=bases.model_argument(Path(base.path)),
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        hyperparameters=json.loads(hyperparameters_json),
+        device=training.device_for(gpus),
+        out_dir=out / "work",
+    )
+    shutil.copyfile(info["weights"], out / "best.pt")
+    shutil.rmtree(out / "work", ignore_errors=True)
+    model.metadata.update({"mlflow_run_id": info["run_id"], "model_uri": info["model_uri"]})
+    return json.dumps({"run_id": info["run_id"], "model_uri": info["model_uri"]})
+
+
+def evaluate_and_promote(
+    dataset: dsl.Input[dsl.Dataset],
+    model: dsl.Input[dsl.Model],
+    train_info: str,
+    registered_name: str,
+    promotion_json: str,
+    imgsz: int,
+    gpus: int,
+    mlflow_tracking_uri: str,
+    run_key: str,
+) -> str:
+    """Evaluate candidate and champion on the same validation split; register (once per run key); move the
+    alias if better. Returns the gate's outcome (:class:`daemon.model.outcomes.GateOutcome` as JSON)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from daemon.model import rules
+    from daemon.registry import mlflow as registry
+    from pipelines.steps import promoting, training
+
+    info = json.loads(train_info)
+    with tempfile.TemporaryDirectory() as workdir:
+        outcome = promoting.evaluate_and_promote(
+            registry_=registry.Mlflow(tracking_uri=mlflow_tracking_uri),
+            registered_name=registered_name,
+            model_uri=info["model_uri"],
+            run_id=info["run_id"],
+            candidate_weights=Path(model.path) / "best.pt",
+            data_yaml=Path(dataset.path) / "data.yaml",
+            imgsz=imgsz,
+            device=training.device_for(gpus),
+            policy=rules.PromotionSpec.model_validate(json.loads(promotion_json)),
+            run_key=run_key,
+            workdir=Path(workdir),
+        )
+    result = json.dumps(outcome.to_json())
+    print(result)
+    return result
