@@ -33,8 +33,7 @@ from daemon.model import ids, runs
 from daemon.registry import mlflow as registry
 from daemon.rules import reloading
 from daemon.sources import base as source_base
-from daemon.sources import drifting
-from daemon.sources import webhook
+from daemon.sources import drifting, webhook
 
 log = logs.get_logger(__name__)
 

@@ -43,7 +43,8 @@ def test_rollback_without_a_champion_says_so(tmp_path: Path) -> None:
         env={**{k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}, **env},
     )
     assert result.returncode == 1
-    assert "retrain rollback: unknown model 'pets-detector': MLflow has no registered model of that name" in result.stderr
+    expected = "retrain rollback: unknown model 'pets-detector': MLflow has no registered model of that name"
+    assert expected in result.stderr
 
 
 def test_config_show_hides_secrets() -> None:

@@ -16,8 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon import reactor, settings
-from daemon.model import tags
-from daemon.model import runs
+from daemon.model import runs, tags
 from pipelines import synthetic
 from tests.support import services
 

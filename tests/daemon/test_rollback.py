@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from daemon.model import tags
 from daemon.journal import sqlite
+from daemon.model import tags
 from tests.support import apps, services
 from tests.support.processes import run_cli as run
 

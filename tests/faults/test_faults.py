@@ -24,6 +24,7 @@ import pytest
 from daemon import constants
 from daemon.model import runs
 from pipelines import synthetic
+from tests.support import services
 from tests.support.minio import TOKEN, body_for
 from tests.support.processes import Daemon, count
 from tests.support.waiting import wait_until

@@ -19,9 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from daemon.model import tags
 from daemon.engine import snapshots
-from daemon.model import rules
+from daemon.model import rules, tags
 from daemon.rules import loading
 from pipelines import arguments, synthetic
 from tests.support import services

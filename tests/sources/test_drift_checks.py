@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from daemon import settings
-from daemon.model import tags
 from daemon.engine import deciding, drift
 from daemon.journal import base as journal_base
-from daemon.model import decisions, outcomes, runs
+from daemon.model import decisions, outcomes, runs, tags
 from daemon.registry import mlflow as registry
 from daemon.sources import base, drifting
 from tests.support import services
