@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=10_000)
     parser.add_argument("--rules", type=int, default=10)
     args = parser.parse_args()
-    from tests import services
+    from tests.support import services
 
     with tempfile.TemporaryDirectory(prefix="retrain-bench-") as folder:
         root = Path(folder)

@@ -186,7 +186,7 @@ def main() -> None:
         child(args)
         return
 
-    from tests import services
+    from tests.support import services
 
     results = []
     with tempfile.TemporaryDirectory(prefix="retrain-bench-") as folder:

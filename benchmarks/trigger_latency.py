@@ -91,15 +91,11 @@ class Bench:
             ],
         )
         logs.configure(config.logging, stream=sys.stderr)  # stdout carries only the JSON figures
-        self.daemon = reactor.Reactor(config)
         self.launcher = RecordingLauncher()
-        self.daemon.launcher = self.launcher
+        self.daemon = reactor.Reactor(config, launcher=self.launcher)
         self.thread = threading.Thread(target=self.daemon.run, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 30
-        while self.daemon.last_loop_at is None:
-            assert time.monotonic() < deadline, "the daemon did not start"
-            time.sleep(0.05)
+        assert self.daemon.started.wait(30), "the daemon did not start"
 
     def stop(self) -> None:
         self.daemon.stop()
@@ -125,7 +121,7 @@ def folder_trials(root: Path, trials: int) -> list[float]:
 
 
 def s3_trials(root: Path, trials: int, *, via: str) -> list[float]:
-    from tests import services
+    from tests.support import services
 
     server = services.S3Server(workdir=root / "seaweedfs").start()
     client = server.client()

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 
 from daemon import __version__, errors, logs, settings
 from daemon.http import app as http_app
+from daemon.launchers import base as launcher_base
 from daemon.model import rules, runs
 from daemon.rules import loading
 from daemon.runtime import launching, recording, serving, specs, supervising, tracking, triggering, wiring, working
@@ -47,6 +48,7 @@ class Reactor:
         clock: the current time (aware).
         tick_s: seconds between two passes of the loop.
         environ: the environment local pipeline children inherit (default: this process's).
+        launcher: runs runs instead of the configured launcher (benchmarks).
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class Reactor:
         clock: Callable[[], datetime] = utcnow,
         tick_s: float = 1.0,
         environ: Mapping[str, str] | None = None,
+        launcher: launcher_base.Launcher | None = None,
     ) -> None:
         self.config = config
         self.tick_s = tick_s
@@ -63,7 +66,9 @@ class Reactor:
         self._wake = threading.Event()
         self.started = threading.Event()
         """Set once the daemon runs (HTTP served, first scans done, workers started)."""
-        self.parts = parts = wiring.build(config, clock=clock, environ=environ, on_new=self._wake.set)
+        self.parts = parts = wiring.build(
+            config, clock=clock, environ=environ, on_new=self._wake.set, launcher=launcher
+        )
         self.journal, self.rulebook, self.launcher = parts.journal, parts.rulebook, parts.launcher
         self.supervisor = supervising.SourceSupervisor(config=config, sink=parts.sink, store=parts.store, clock=clock)
         loaded = self._loaded

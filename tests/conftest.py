@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import services
+from tests.support import pods, services
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -58,6 +58,13 @@ def mlflow_server(
     finally:
         server.stop()
         _keep_or_remove(request, workdir, "mlflow")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mount_points() -> Iterator[None]:
+    """Pods create missing mount points; they are removed (when empty) once the session is over."""
+    yield
+    pods.remove_mount_points()
 
 
 @pytest.fixture(scope="session")

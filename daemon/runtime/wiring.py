@@ -116,8 +116,10 @@ def build(
     clock: Callable[[], datetime],
     environ: Mapping[str, str] | None,
     on_new: Callable[[], None],
+    launcher: launcher_base.Launcher | None = None,
 ) -> Parts:
-    """Build every part. Raises what opening the journal raises (a full or read-only volume, a newer schema)."""
+    """Build every part (``launcher`` replaces the configured one: benchmarks measure without training).
+    Raises what opening the journal raises (a full or read-only volume, a newer schema)."""
     registry.configure(config.mlflow)
     journal = sqlite.SqliteJournal(
         config.journal.path, busy_timeout_s=config.journal.busy_timeout_s, min_free_bytes=config.journal.min_free_bytes
@@ -141,7 +143,7 @@ def build(
         rulebook=rulebook,
         mlflow=registry.Mlflow(tracking_uri=specs.tracking_uri(config), registry_uri=config.mlflow.registry_uri),
         store=store,
-        launcher=make_launcher(config, environ),
+        launcher=launcher or make_launcher(config, environ),
         liveness=liveness,
         metrics=metrics_.Metrics(
             board=board, journal=journal, rulebook=rulebook, clock=clock, since_last_pass=liveness.since_last_pass

@@ -86,6 +86,7 @@ def evaluate_and_promote(
     """Evaluate, gate, register (once per run key) and maybe promote. Returns the gate's outcome."""
     import mlflow
 
+    mlflow.set_tracking_uri(registry_.tracking_uri)  # artifact downloads and register_model use the global URI
     registered = registry_.versions(registered_name, **{tags.RUN_KEY: run_key})
     if registered:
         done = _already_done(registry_, registered_name, registered[-1])
@@ -118,7 +119,6 @@ def evaluate_and_promote(
             for key, value in version_tags.items():
                 client.set_model_version_tag(registered_name, version, key, value)
     else:
-        mlflow.set_tracking_uri(registry_.tracking_uri)  # register_model uses the global URI
         version = str(mlflow.register_model(model_uri, registered_name, tags=version_tags).version)
     decision = outcomes.GateDecision.PROMOTED if verdict.promote else outcomes.GateDecision.REJECTED
     reason = verdict.reason
