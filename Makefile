@@ -34,10 +34,10 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# The Kubernetes manifests of an overlay (deploy/base, deploy/overlays/...), rendered with the repository's rules.
+# The Kubernetes manifests of an overlay (deploy/base, deploy/overlays/...), as `kubectl apply -k` renders them.
 OVERLAY ?= base
 manifests: install
-	@$(BIN)/kubectl kustomize --load-restrictor LoadRestrictionsNone deploy/$(OVERLAY)
+	@$(BIN)/kubectl kustomize deploy/$(OVERLAY)
 
 # Every benchmark, one JSON object each (copies in benchmarks/results/). About 20 minutes on 2 cores.
 BENCHMARKS := ingest trigger_latency reconcile_scale footprint pipeline_overhead

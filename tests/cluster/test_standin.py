@@ -1,10 +1,11 @@
 """The KFP stand-in executes what the real kfp client uploads, as a cluster would: tasks as pods of the
 image's user with only the IR's secrets and volumes, retries and caching as compiled, states as KFP's."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: KFP reads the component functions' annotations as objects.
 
 import json
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,6 +82,12 @@ def standin(tmp_path: Path) -> Iterator[KfpStandIn]:
     server.close()
 
 
+def client_for(standin: KfpStandIn) -> kfp.Client:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP v2.0.0-beta.2 and later"
+        return kfp.Client(host=standin.url)
+
+
 def wait_state(client: kfp.Client, run_id: str, timeout_s: float = 300) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -92,7 +99,17 @@ def wait_state(client: kfp.Client, run_id: str, timeout_s: float = 300) -> str:
 
 
 def submit(client: kfp.Client, package: Path, name: str, **arguments: object) -> str:
-    run = client.create_run_from_pipeline_package(str(package), arguments=arguments, run_name=name)
+    """Upload the package as a pipeline version and run that version (what the daemon's launcher does)."""
+    pipeline = client.upload_pipeline(str(package), pipeline_name=f"{name}-pipeline")
+    [version] = client.list_pipeline_versions(pipeline.pipeline_id).pipeline_versions
+    experiment = client.create_experiment(name=f"{name}-experiment")
+    run = client.run_pipeline(
+        experiment_id=experiment.experiment_id,
+        job_name=name,
+        params=arguments,
+        pipeline_id=pipeline.pipeline_id,
+        version_id=version.pipeline_version_id,
+    )
     return str(run.run_id)
 
 
@@ -110,7 +127,7 @@ def test_tasks_run_as_pods_with_only_the_ir_s_secrets_and_volumes(standin: KfpSt
     package = compile_to(tmp_path / "look.yaml", look)
     daemon_file = tmp_path / "journal.db"  # a file of the test's (the daemon's) own folder
     daemon_file.write_text("private")
-    client = kfp.Client(host=standin.url)
+    client = client_for(standin)
     run_id = submit(client, package, "look-1", daemon_file=str(daemon_file))
     assert wait_state(client, run_id) == "SUCCEEDED", standin.log_of(run_id)
     seen = json.loads(standin.result_of(run_id)["output"])
@@ -132,7 +149,7 @@ def test_a_missing_secret_fails_the_task_as_kubelet_would(standin: KfpStandIn, t
         task.set_caching_options(False)
         return task.output
 
-    client = kfp.Client(host=standin.url)
+    client = client_for(standin)
     run_id = submit(client, compile_to(tmp_path / "p.yaml", nosecret), "nosecret-1", marker_dir=str(standin.workspace))
     assert wait_state(client, run_id) == "FAILED"
     assert "secret 'absent' not found" in standin.log_of(run_id)
@@ -156,7 +173,7 @@ def test_retries_and_caching_follow_the_compiled_ir(standin: KfpStandIn, tmp_pat
     markers = standin.workspace / "markers"
     markers.mkdir()
     markers.chmod(0o777)
-    client = kfp.Client(host=standin.url)
+    client = client_for(standin)
     cached = compile_to(tmp_path / "cached.yaml", pipeline_with(True))
     uncached = compile_to(tmp_path / "uncached.yaml", pipeline_with(False))
     # The flaky task fails once and is retried; the cached task runs once over two runs with the same input.

@@ -22,7 +22,7 @@ from daemon.rules import loading
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-OVERLAYS = ["base", "overlays/kubeflow-multi-user"]
+OVERLAYS = ["base", "overlays/kubeflow-multi-user", "overlays/pv-datasets"]
 #: The oldest Kubernetes these manifests are meant for, and the newest schemas bundled.
 VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 SECRET_ENV = re.compile(r"(TOKEN|KEY|SECRET|PASSWORD)", re.IGNORECASE)
@@ -36,8 +36,9 @@ def kubectl() -> str:
 
 @cache
 def rendered(overlay: str) -> tuple[dict[str, Any], ...]:
+    """As `kubectl apply -k` (and Argo CD, Flux) render it: no load-restrictor flag."""
     result = subprocess.run(
-        [kubectl(), "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(DEPLOY / overlay)],
+        [kubectl(), "kustomize", str(DEPLOY / overlay)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -89,6 +90,7 @@ def test_the_pod_runs_restricted(overlay: str) -> None:
     assert pod["securityContext"]["runAsUser"] == 10001  # the Dockerfile's user
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False  # no RETRAIN_DAEMON_SERVICE_HOST & co. in the environment
     assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
     context = container(docs)["securityContext"]
     assert context["allowPrivilegeEscalation"] is False
@@ -149,9 +151,10 @@ def test_everything_the_daemon_writes_is_a_volume(overlay: str) -> None:
 def test_rules_configmap_holds_every_rule_file_and_hot_reloads(overlay: str) -> None:
     docs = rendered(overlay)
     rules_map = one(docs, "ConfigMap", "retrain-rules")  # no hash suffix: updated in place, not replaced
-    files = {p.name: p.read_text() for p in sorted((ROOT / "rules").glob("*.yaml"))}
+    folders = [ROOT / "rules"] + ([ROOT / "rules" / "pv"] if overlay == "overlays/pv-datasets" else [])
+    files = {p.name: p.read_text() for folder in folders for p in sorted(folder.glob("*.yaml"))}
     assert rules_map["data"] == files
-    assert loading.load_paths([ROOT / "rules"]).ok
+    assert loading.load_paths(folders).ok
     rules_path = config_of(docs).rules.path
     mount = mounts(docs)[str(rules_path)]
     assert "subPath" not in mount  # subPath mounts never see ConfigMap updates
@@ -278,3 +281,32 @@ def test_minio_setup_files_match_the_daemon() -> None:
     script = DEPLOY / "minio" / "setup-webhook.sh"
     assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
     assert "queue_dir=" in script.read_text()
+
+
+def test_file_datasets_are_mounted_read_only_where_the_runs_see_them_too() -> None:
+    """pv-datasets: the daemon mounts the claim of its namespace read-only at the mount path the pipeline's
+    data tasks use for the runs' claim of the same volume; both claims are bound to volumes of one export."""
+    docs = rendered("overlays/pv-datasets")
+    config = config_of(docs)
+    mount = mounts(docs)[config.pipeline.dataset_mount_path]
+    assert mount["readOnly"] is True
+    volumes = {v["name"]: v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    daemon_claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+    claims = {
+        (d["metadata"]["namespace"], d["metadata"]["name"]): d for d in docs if d["kind"] == "PersistentVolumeClaim"
+    }
+    runs_claim = claims[(config.kfp.namespace, config.pipeline.dataset_pvc)]
+    daemon = claims[("retrain", daemon_claim)]
+    volumes_by_name = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolume"}
+    exports = {
+        (
+            volumes_by_name[c["spec"]["volumeName"]]["spec"]["nfs"]["server"],
+            volumes_by_name[c["spec"]["volumeName"]]["spec"]["nfs"]["path"],
+        )
+        for c in (daemon, runs_claim)
+    }
+    assert len(exports) == 1  # one backing store, two claims
+    assert all(c["spec"]["accessModes"] == ["ReadOnlyMany"] for c in (daemon, runs_claim))
+    assert config.sources.folder_polling is True  # NFS sends no inotify events
+    [rule] = list(loading.load_paths([ROOT / "rules" / "pv"]).rules.values())
+    assert rule.rule.dataset.source.startswith(f"file://{config.pipeline.dataset_mount_path}/")

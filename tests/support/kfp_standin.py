@@ -51,6 +51,14 @@ def _package_of(body: bytes, content_type: str) -> bytes:
     raise AssertionError("the upload carries no file")
 
 
+def _inline_package(spec: dict[str, Any]) -> bytes:
+    """The IR YAML of a run created with its pipeline inline (``create_run_from_pipeline_package``)."""
+    import yaml
+
+    documents = [spec["pipeline_spec"], spec.get("platform_spec") or {}] if "pipeline_spec" in spec else [spec]
+    return yaml.safe_dump_all([d for d in documents if d], sort_keys=False).encode()
+
+
 @dataclass
 class Cluster:
     """What the stand-in's runs can see: Secrets, claims (folders), the image's environment."""
@@ -287,11 +295,11 @@ class _Handler(BaseHTTPRequestHandler):
                 }
                 if srv.execute:
                     parameters = (data.get("runtime_config") or {}).get("parameters") or {}
-                    threading.Thread(
-                        target=srv._execute,
-                        args=(run_id, reference["pipeline_version_id"], parameters),
-                        daemon=True,
-                    ).start()
+                    version_id = reference.get("pipeline_version_id")
+                    if version_id is None:  # a run created from a package: the IR travels inline
+                        version_id = f"inline-{run_id}"
+                        srv.packages[version_id] = _inline_package(data["pipeline_spec"])
+                    threading.Thread(target=srv._execute, args=(run_id, version_id, parameters), daemon=True).start()
                 if srv.lose_create_replies > 0:
                     srv.lose_create_replies -= 1
                     return self._reply({"error": "upstream request timeout"}, 504)

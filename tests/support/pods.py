@@ -189,14 +189,22 @@ def _enter(spec: dict[str, Any]) -> None:
         passwd = staging / "passwd"
         passwd.write_text(Path("/etc/passwd").read_text() + spec["passwd"] + "\n")
         _mount("--bind", str(passwd), "/etc/passwd")
+    # Park every volume first: a volume mounted over /tmp must not hide the source of the next one.
+    parked: dict[int, str] = {}
+    for index, mount in enumerate(mounts):
+        if mount.source is not None:
+            place = staging / f"volume{index}"
+            place.mkdir()
+            _mount("--bind", mount.source, str(place))
+            parked[index] = str(place)
     if spec["read_only_root"]:
         _mount("-o", "remount,bind,ro", "/")
-    for mount in mounts:
+    for index, mount in enumerate(mounts):
         if mount.source is None:
             options = "mode=1777" + (f",size={mount.size}" if mount.size else "")
             _mount("-t", "tmpfs", "-o", options, "tmpfs", mount.target)
         else:
-            _mount("--bind", mount.source, mount.target)
+            _mount("--bind", parked[index], mount.target)
             if mount.read_only:
                 _mount("-o", "remount,bind,ro", mount.target)
     os.setgroups(spec["groups"])
