@@ -146,7 +146,9 @@ def run_trial(
             device=device,
             out_dir=Path(workdir),
         )
-        result = training.evaluate(weights=weights, data_yaml=data_yaml, imgsz=imgsz, device=device)
+        result = training.evaluate(
+            weights=weights, data_yaml=data_yaml, imgsz=imgsz, device=device, out_dir=Path(workdir) / "val"
+        )
     metrics.log_metric("map50_95", result.map50_95)
     metrics.log_metric("map50", result.map50)
     return {"params": params, "map50_95": result.map50_95, "map50": result.map50}

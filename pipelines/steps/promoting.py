@@ -94,11 +94,15 @@ def evaluate_and_promote(
             print(f"run {run_key} already has a gate decision for v{done.version}: {done.decision} (a retried task)")
             return done
     champion = registry_.champion(registered_name)
-    candidate_eval = training.evaluate(weights=candidate_weights, data_yaml=data_yaml, imgsz=imgsz, device=device)
+    candidate_eval = training.evaluate(
+        weights=candidate_weights, data_yaml=data_yaml, imgsz=imgsz, device=device, out_dir=workdir / "candidate"
+    )
     champion_eval = None
     if champion is not None:
         weights = _champion_weights(registered_name, champion.version, workdir=workdir)
-        champion_eval = training.evaluate(weights=weights, data_yaml=data_yaml, imgsz=imgsz, device=device)
+        champion_eval = training.evaluate(
+            weights=weights, data_yaml=data_yaml, imgsz=imgsz, device=device, out_dir=workdir / "champion"
+        )
     verdict = gating.gate(candidate=candidate_eval, champion=champion_eval, policy=policy)
     metrics = {f"val_{k}": v for k, v in candidate_eval.to_json().items() if k != "per_class"}
     if champion_eval is not None:

@@ -34,13 +34,25 @@ def _finite(value: Any) -> float:
     return number if math.isfinite(number) else math.nan
 
 
-def evaluate(*, weights: Path, data_yaml: Path, imgsz: int, device: str) -> outcomes.Evaluation:
-    """mAP50-95, mAP50 and per-class AP50-95 (by class name) on the validation split."""
+def evaluate(*, weights: Path, data_yaml: Path, imgsz: int, device: str, out_dir: Path) -> outcomes.Evaluation:
+    """mAP50-95, mAP50 and per-class AP50-95 (by class name) on the validation split.
+
+    Ultralytics writes its validation files under ``out_dir`` (by default it would pick ``runs/`` of the
+    working folder, which a task pod's image may not let it write)."""
     prepare_offline()
     from ultralytics import YOLO
 
     results = YOLO(str(weights)).val(
-        data=str(data_yaml), imgsz=imgsz, device=device, plots=False, verbose=False, workers=0, batch=16
+        data=str(data_yaml),
+        imgsz=imgsz,
+        device=device,
+        plots=False,
+        verbose=False,
+        workers=0,
+        batch=16,
+        project=str(out_dir),
+        name="val",
+        exist_ok=True,
     )
     names = results.names
     per_class = {str(names.get(int(c), int(c))): _finite(results.box.maps[int(c)]) for c in results.box.ap_class_index}

@@ -155,6 +155,8 @@ class DaemonPod:
     settings: dict[str, Any] = field(default_factory=dict)
     service_links: bool | None = None
     """Force service links on (True) or off (False); None follows the pod spec."""
+    rules: dict[str, str] | None = None
+    """Replaces the rules ConfigMap's files (a team's own rules instead of the shipped examples)."""
     pod: pods.Pod | None = None
     port: int = 0
 
@@ -221,6 +223,8 @@ class DaemonPod:
             if "configMap" in volume:
                 cm = volume["configMap"]["name"]
                 data = self._settings_data(cm, dict(self.configmap(cm)["data"]))
+                if cm == "retrain-rules" and self.rules is not None:
+                    data = dict(self.rules)
                 configmap_volume(folder, data, gid=gid)
             elif "persistentVolumeClaim" in volume:
                 claim = volume["persistentVolumeClaim"]["claimName"]

@@ -42,3 +42,20 @@ def body_for(
         records.append(record)
     document["Records"] = records
     return document
+
+
+def body_of(objects: dict[str, tuple[str, int]], *, bucket: str) -> dict[str, Any]:
+    """MinIO's PUT notification for objects that really are in the bucket: key -> (etag, size)."""
+    document = copy.deepcopy(sample())
+    template = document["Records"][0]
+    records = []
+    for key, (etag, size) in objects.items():
+        record = copy.deepcopy(template)
+        record["eventName"] = "s3:ObjectCreated:Put"
+        record["s3"]["bucket"]["name"] = bucket
+        record["s3"]["object"]["key"] = quote_plus(key)
+        record["s3"]["object"]["eTag"] = etag
+        record["s3"]["object"]["size"] = size
+        records.append(record)
+    document["Records"] = records
+    return document
