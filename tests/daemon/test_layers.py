@@ -43,7 +43,8 @@ def test_contracts_hold_on_the_repository() -> None:
 )
 def test_contract_fails_when_the_pure_core_imports_io(tmp_path: Path, module: str, planted: str) -> None:
     """Plant a forbidden import in a copy of the package: lint-imports must report that exact import."""
-    shutil.copytree(ROOT / "daemon", tmp_path / "daemon", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("daemon", "pipelines"):
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     with (tmp_path / module).open("a") as handle:
         handle.write(f"\nimport {planted}  # planted by the test\n")
@@ -66,3 +67,86 @@ def test_the_daemon_process_never_imports_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_launch_path_contract_bites(tmp_path: Path) -> None:
+    """Plant `import kfp` in the launching part: the no-kfp-to-launch contract reports it."""
+    for package in ("daemon", "pipelines"):
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    with (tmp_path / "daemon" / "runtime" / "launching.py").open("a") as handle:
+        handle.write("\nimport kfp  # planted by the test\n")
+    result = lint_imports(tmp_path)
+    assert result.returncode != 0
+    assert "daemon.runtime.launching -> kfp" in result.stdout
+
+
+def test_no_import_cycle_anywhere() -> None:
+    """No module of daemon/ or pipelines/ reaches itself through its imports (function-level ones included)."""
+    import grimp
+
+    graph = grimp.build_graph("daemon", "pipelines")
+    cycles = [
+        f"{module} -> {imported}"
+        for module in sorted(graph.modules)
+        for imported in graph.find_modules_directly_imported_by(module)
+        if imported != module and graph.chain_exists(importer=imported, imported=module)
+    ]
+    packages = {m.rsplit(".", 1)[0] for m in graph.modules}
+    # A package importing its own submodules (daemon.journal.sqlite -> .inventory) is not a cycle of modules.
+    cycles = [c for c in cycles if c.split(" -> ")[0] not in packages and c.split(" -> ")[1] not in packages]
+    assert cycles == []
+
+
+STUB = """
+import json, pathlib, sys
+spec = pathlib.Path(sys.argv[1])
+outcome = {"model": "idle-detector", "version": "1", "decision": "promoted", "reason": "stub",
+           "candidate": {"map50_95": 0.5, "map50": 0.7, "per_class": {}}}
+(spec.parent / "outcome.json").write_text(json.dumps({"state": "succeeded", "output": outcome}))
+"""
+
+DAEMON = """
+import sys, threading, time
+from pathlib import Path
+from daemon import reactor, settings
+from daemon.launchers import local
+root = Path(sys.argv[1])
+config = settings.load(environ={}, overrides=[
+    f"journal.path={root / 'journal.db'}", f"rules.path={root / 'rules'}", "http.port=0",
+    f"kfp.local_pipeline_root={root / 'runs'}", f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}",
+])
+launcher = local.LocalLauncher(root=root / "runs", command=[sys.executable, "-c", sys.argv[2]])
+daemon = reactor.Reactor(config, launcher=launcher)
+thread = threading.Thread(target=daemon.run, daemon=True)
+thread.start()
+deadline = time.monotonic() + 120
+while not [r for r in daemon.journal.runs() if r.state.final]:
+    assert time.monotonic() < deadline, "no run was recorded"
+    time.sleep(0.2)
+loaded = sorted(n for n in ("kfp", "mlflow", "torch", "ultralytics") if n in sys.modules)
+daemon.stop(); thread.join(30)
+print("LOADED", loaded)
+"""
+
+
+def test_retrain_up_launches_and_records_a_run_without_kfp_or_mlflow(tmp_path: Path) -> None:
+    """The local launch path: decided, launched, recorded; the daemon never imported kfp nor MLflow."""
+    data = tmp_path / "data" / "labels"
+    data.mkdir(parents=True)
+    (data / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "idle.yaml").write_text(
+        f"name: idle\ndataset: {{source: 'file://{data.parent}'}}\nmodel: {{registered_name: idle-detector}}\n"
+        "triggers: [{new_labels: {quiet_period: 0s}}]\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", DAEMON, str(tmp_path), STUB],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "LOADED []" in result.stdout
