@@ -6,8 +6,8 @@ Context that belongs to a unit of work (``rule``, ``run_key``, ``event_id``) is 
 ``logging`` module (kfp, mlflow, urllib3) come out through the same renderer.
 
 Event names are stable snake_case (``rule_file_rejected``), data goes in fields. Values under keys that
-look like credentials are replaced before rendering, as a last line of defence: secrets should never be
-passed to a logger in the first place.
+look like credentials are replaced before rendering, and so are credentials written inside URIs anywhere in
+a line, as a last line of defence: secrets should never be passed to a logger in the first place.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 import structlog
 
+from daemon import redaction
 from daemon import settings as settings_mod
 
 _SECRET_KEY = re.compile(r"(token|secret|password|passwd|access_key|authorization|credential)", re.I)
@@ -34,6 +35,15 @@ def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, A
     for key in list(event_dict):
         if _SECRET_KEY.search(key) and event_dict[key] is not None:
             event_dict[key] = _MASK
+    return event_dict
+
+
+def redact_uris(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: credentials written inside URIs (``http://user:pw@host``) and query strings are
+    replaced in every value, tracebacks included (a library's message may quote its URI)."""
+    for key, value in event_dict.items():
+        if isinstance(value, str | list | dict):
+            event_dict[key] = redaction.redact_tree(value)
     return event_dict
 
 
@@ -72,9 +82,10 @@ def configure(config: settings_mod.LoggingSettings, *, stream: TextIO | None = N
     ]
     renderer: structlog.typing.Processor
     if _wants_json(config, out):
-        shared += [structlog.processors.dict_tracebacks]
+        shared += [structlog.processors.dict_tracebacks, redact_uris]
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
     else:
+        shared += [structlog.processors.format_exc_info, redact_uris]
         renderer = structlog.dev.ConsoleRenderer(colors=False)
 
     structlog.configure(

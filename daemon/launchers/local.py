@@ -5,7 +5,8 @@ run is ``python -m pipelines.local_run spec.json`` in its own process group, in 
 ``kfp.local_pipeline_root/RUN_KEY/``:
 
 - ``spec.json`` (written before the child starts), ``pid.json`` (its process id and start time),
-  ``log.txt`` (its output) and ``outcome.json`` (written atomically by the child when it ends);
+  ``log.txt`` (its output) and ``outcome.json`` (written by the child when it ends), every file that is read
+  back written atomically (temporary file, fsync, rename): a crash leaves the old content or the new;
 - the folder is the run's identity: a second submit of the same run key finds it and starts nothing;
 - after a daemon restart, ``find`` re-attaches to a child that still runs (same pid *and* same start time,
   so a recycled pid is not mistaken for it) or reports the run abandoned if the child died without an
@@ -17,8 +18,6 @@ Capacity is limited (``kfp.local_max_concurrent_runs``, one by default on a lapt
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import subprocess
 import sys
 import time
@@ -26,7 +25,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from daemon import errors, logs
+import psutil
+
+from daemon import atomicfile, errors, logs
 from daemon.launchers import base
 from daemon.model import ids, runs
 
@@ -44,17 +45,22 @@ def _reap() -> None:
 
 
 def _start_time(pid: int) -> str | None:
-    """The kernel's start time of a process (field 22 of /proc/PID/stat), or None if it is gone."""
+    """When a live process started (psutil, so not only on Linux), or None if it is gone or a zombie."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:  # it has finished
+            return None
+        return f"{process.create_time():.3f}"
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    # The command name (field 2) may contain spaces and parentheses: split after its closing parenthesis.
-    fields = stat[stat.rfind(")") + 2 :].split()
-    state = fields[0] if fields else "X"
-    if state in ("Z", "X"):  # a zombie has finished
-        return None
-    return fields[19] if len(fields) > 19 else None
+
+
+def _finishing(pid: int) -> bool:
+    """True when the child wrote its outcome (into its working folder) and is only exiting."""
+    try:
+        return (Path(psutil.Process(pid).cwd()) / "outcome.json").exists()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
 
 
 class LocalLauncher(base.Launcher):
@@ -86,7 +92,7 @@ class LocalLauncher(base.Launcher):
         """Reap children that have written their outcome and are exiting; running ones are left alone."""
         deadline = time.monotonic() + 5
         for pid, child in list(_CHILDREN.items()):
-            if child.poll() is None and (Path(f"/proc/{pid}/cwd") / "outcome.json").exists():
+            if child.poll() is None and _finishing(pid):
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.wait(max(0.0, deadline - time.monotonic()))
         _reap()
@@ -119,9 +125,7 @@ class LocalLauncher(base.Launcher):
         folder = self.folder(run_key)
         folder.mkdir(parents=True, exist_ok=True)
         spec_path = folder / "spec.json"
-        tmp = folder / "spec.json.tmp"
-        tmp.write_text(json.dumps({**spec, "pipeline_root": str(folder / "kfp")}, indent=2))
-        os.replace(tmp, spec_path)
+        atomicfile.write_json(spec_path, {**spec, "pipeline_root": str(folder / "kfp")})
         with (folder / "log.txt").open("ab") as out:
             child = subprocess.Popen(
                 [*self.command, str(spec_path)],
@@ -134,7 +138,7 @@ class LocalLauncher(base.Launcher):
             )
         _CHILDREN[child.pid] = child
         started = _start_time(child.pid)
-        (folder / "pid.json").write_text(json.dumps({"pid": child.pid, "start_time": started}))
+        atomicfile.write_json(folder / "pid.json", {"pid": child.pid, "start_time": started})
         log.info("run_started", run_key=run_key, pid=child.pid, folder=str(folder))
         return base.RunStatus(run_key=run_key, state=runs.RunState.RUNNING, backend_run_id=f"pid:{child.pid}")
 
@@ -143,11 +147,12 @@ class LocalLauncher(base.Launcher):
         if not (folder / "spec.json").exists():
             return None
         _reap()
-        outcome_path = folder / "outcome.json"
-        pid_info = json.loads((folder / "pid.json").read_text()) if (folder / "pid.json").exists() else {}
+        pid_info = atomicfile.read_json(folder / "pid.json")
+        if not isinstance(pid_info, dict):
+            pid_info = {}  # missing, or torn by a daemon of an older version: the child was never recorded
         backend_id = f"pid:{pid_info.get('pid', '?')}"
-        if outcome_path.exists():
-            outcome = json.loads(outcome_path.read_text())
+        outcome = atomicfile.read_json(folder / "outcome.json")
+        if isinstance(outcome, dict):
             state = runs.RunState.SUCCEEDED if outcome.get("state") == "succeeded" else runs.RunState.FAILED
             return base.RunStatus(
                 run_key=run_key,

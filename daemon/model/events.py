@@ -58,6 +58,33 @@ def classify(relative_key: str, *, labels_dir: str = "labels", images_dir: str =
     return ItemKind.OTHER
 
 
+#: The longest key the journal takes (S3's own limit, in UTF-8 bytes).
+MAX_KEY_BYTES = 1024
+
+
+def key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be journaled losslessly, or None.
+
+    File names are bytes: one that is not valid UTF-8 (Latin-1 ``caf\\xe9.txt``) arrives as a string with
+    surrogate escapes, which no text store (nor S3, nor a KFP parameter) can hold as it is. Such a key is
+    refused, and reported by its :func:`escaped` name, instead of stopping its batch.
+    """
+    try:
+        encoded = key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the name is not valid UTF-8"
+    if "\0" in key:
+        return "the name holds a NUL character"
+    if len(encoded) > MAX_KEY_BYTES:
+        return f"the name is longer than {MAX_KEY_BYTES} bytes"
+    return None
+
+
+def escaped(key: str) -> str:
+    """A printable rendering of any key, for messages: undecodable bytes as ``\\xNN``."""
+    return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").replace("\0", "\\x00")
+
+
 def version_of(*, etag: str | None, size: int | None, mtime_ns: int | None) -> str:
     """What identifies one version of an object: its etag, else its size and modification time."""
     if etag:

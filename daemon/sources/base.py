@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from daemon import failpoints
+from daemon import failpoints, logs
 from daemon.journal import base as journal_base
 from daemon.model import events
+
+log = logs.get_logger(__name__)
 
 Clock = Callable[[], datetime]
 
@@ -84,6 +86,10 @@ class StatusBoard:
             return sorted(self._statuses.values(), key=lambda s: s.name)
 
 
+#: How many refused names a sink remembers (so a file seen at every rescan is counted and logged once).
+MAX_REMEMBERED_REFUSALS = 100_000
+
+
 @dataclass
 class EventSink:
     """Journals batches of events for the sources and keeps their counters.
@@ -99,9 +105,35 @@ class EventSink:
     clock: Clock
     on_new: Callable[[], None] | None = None
     """Called after a batch brought events the journal did not have (the daemon wakes its loop)."""
+    _refused: set[tuple[str, str]] = field(default_factory=set)
+
+    def _acceptable(self, source: str, batch: Sequence[events.SourceEvent]) -> Sequence[events.SourceEvent]:
+        problems = [(event, events.key_problem(event.key)) for event in batch]
+        if all(problem is None for _, problem in problems):
+            return batch
+        for event, problem in problems:
+            if problem is None or (event.dataset, event.key) in self._refused:
+                continue
+            if len(self._refused) < MAX_REMEMBERED_REFUSALS:
+                self._refused.add((event.dataset, event.key))
+            self.board.add(source, rejected=1)
+            log.warning(
+                "event_refused",
+                source=source,
+                dataset=event.dataset,
+                key=events.escaped(event.key),
+                reason=problem,
+                action="the file is not journaled; rename it",
+            )
+        return [event for event, problem in problems if problem is None]
 
     def deliver(self, source: str, batch: Sequence[events.SourceEvent]) -> journal_base.AppendResult:
-        """Journal ``batch`` (one transaction) and count it for ``source``. Raises what the journal raises."""
+        """Journal ``batch`` (one transaction) and count it for ``source``. Raises what the journal raises.
+
+        Events whose key cannot be journaled (a file name that is not UTF-8) are refused one by one, counted
+        once per name as rejected and logged with their escaped name; the rest of the batch goes on.
+        """
+        batch = self._acceptable(source, batch)
         if not batch:
             return journal_base.AppendResult(new=0, duplicates=0)
         now = self.clock()

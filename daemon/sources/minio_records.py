@@ -78,12 +78,16 @@ def _record(record: Any, index: int) -> _Record | None:
     size = _field(record, "s3", "object", "size")
     if kind is events.ChangeKind.CREATED and (not isinstance(etag, str) or not etag.strip('"')):
         raise errors.InvalidInput(f"record {index}: s3.object.eTag is missing on {name}")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
-        raise errors.InvalidInput(f"record {index}: s3.object.size is not a non-negative integer")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 2**63):
+        raise errors.InvalidInput(f"record {index}: s3.object.size is not an object size (0 <= size < 2**63)")
+    key = unquote_plus(raw_key)
+    problem = events.key_problem(key)
+    if problem is not None:
+        raise errors.InvalidInput(f"record {index}: s3.object.key {events.escaped(key)[:200]!r}: {problem}")
     return _Record(
         kind=kind,
         bucket=bucket,
-        key=unquote_plus(raw_key),
+        key=key,
         etag=etag.strip('"') if isinstance(etag, str) and etag.strip('"') else None,
         size=size if kind is events.ChangeKind.CREATED else None,
         time=moment,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,18 +12,21 @@ import pytest
 
 from daemon import errors, settings
 from daemon.launchers import kfp as kfp_launcher
-from daemon.model import ids, runs
+from daemon.model import decisions, ids, runs
+from daemon.rules import loading
+from daemon.runtime import specs
+from daemon.sources import s3
 from pipelines import arguments, graph
-from tests.support import services
+from tests.support import services, silent
 from tests.support.kfp_standin import KfpStandIn
+from tests.support.sim import Simulation, label
 
 
 @pytest.fixture
 def standin() -> Iterator[KfpStandIn]:
     server = KfpStandIn().start()
     yield server
-    server.shutdown()
-    server.server_close()
+    server.close()
 
 
 def compiler(tmp_path: Path) -> Any:
@@ -35,28 +39,56 @@ def compiler(tmp_path: Path) -> Any:
     return package_for
 
 
-SPEC = {
-    "shape": {"tune": False, "parallelism": 1, "gpus": 1},
-    "arguments": {
-        "run_key": "pets-d1",
-        "rule": "pets",
-        "manifest_uri": "s3://m/x.json",
-        "registered_name": "pets-detector",
-    },
-}
+@pytest.fixture
+def spec(s3_server: services.S3Server, s3_bucket: str, tmp_path: Path) -> dict[str, Any]:
+    """A launcher spec built the daemon's way: the rule's run, its manifest written to S3 by RunInputs."""
+    rule = (
+        loading.parse_text(
+            f"name: pets\ndataset: {{source: 's3://{s3_bucket}/pets/'}}\nmodel: {{registered_name: pets-detector}}\n"
+            "triggers: [{new_labels: {quiet_period: 0s}}]\n",
+            file="pets.yaml",
+        )
+        .rules[0]
+        .rule
+    )
+    sim = Simulation(rule)
+    sim.drop([label("a", dataset="pets"), label("b", dataset="pets")])
+    launch = sim.step()
+    assert isinstance(launch, decisions.Launch)
+    config = settings.load(
+        environ={},
+        overrides=[
+            "kfp.launcher=kfp",
+            "kfp.host=http://kfp",
+            f"kfp.inputs_uri=s3://{s3_bucket}/inputs/",
+            f"sources.s3.endpoint={s3_server.endpoint}",
+            "sources.s3.secure=false",
+            f"sources.s3.access_key={s3_server.access_key}",
+            f"sources.s3.secret_key={s3_server.secret_key}",
+        ],
+    )
+    store = s3.S3Store(s3.make_client(config.sources.s3), endpoint=s3_server.endpoint)
+    run = sim.journal.get_run(launch.run_key)
+    assert run is not None
+    return specs.spec_for(
+        rule, run, config=config, inputs=specs.RunInputs(config=config, journal=sim.journal, store=store)
+    )
 
 
-def test_submit_uploads_once_creates_once_and_finds_by_name(standin: KfpStandIn, tmp_path: Path) -> None:
+def test_submit_uploads_once_creates_once_and_finds_by_name(
+    standin: KfpStandIn, tmp_path: Path, spec: dict[str, Any]
+) -> None:
     launcher = kfp_launcher.KfpLauncher(
         host=standin.url, namespace="kubeflow", package_for=compiler(tmp_path), token="test-bearer"
     )
-    key = ids.RunKey("pets-d1")
+    key = ids.RunKey(spec["arguments"]["run_key"])
     assert launcher.find(key) is None
-    first = launcher.submit(key, SPEC)
+    first = launcher.submit(key, spec)
     assert first.state is runs.RunState.RUNNING
     [run] = standin.runs.values()
-    assert run["display_name"] == "pets-d1"
-    assert run["runtime_config"]["parameters"]["manifest_uri"] == "s3://m/x.json"
+    assert run["display_name"] == key
+    assert run["runtime_config"]["parameters"]["manifest_uri"] == spec["arguments"]["manifest_uri"]
+    assert spec["arguments"]["manifest_uri"].startswith("s3://")
     [experiment] = standin.experiments.values()
     assert experiment["display_name"] == "retrain-pets"
     assert run["experiment_id"] == experiment["experiment_id"]
@@ -66,9 +98,9 @@ def test_submit_uploads_once_creates_once_and_finds_by_name(standin: KfpStandIn,
 
     # A retry, or a restarted daemon with a new client: the run is found, nothing is created twice.
     again = kfp_launcher.KfpLauncher(host=standin.url, namespace="kubeflow", package_for=compiler(tmp_path))
-    assert again.submit(key, SPEC).backend_run_id == first.backend_run_id
+    assert again.submit(key, spec).backend_run_id == first.backend_run_id
     second_key = ids.RunKey("pets-d2")
-    again.submit(second_key, {**SPEC, "arguments": {**SPEC["arguments"], "run_key": "pets-d2"}})
+    again.submit(second_key, {**spec, "arguments": {**spec["arguments"], "run_key": "pets-d2"}})
     assert len(standin.runs) == 2
     assert len(standin.pipelines) == 1  # same compiled content: uploaded once
     assert len(standin.experiments) == 1
@@ -86,14 +118,29 @@ def test_submit_uploads_once_creates_once_and_finds_by_name(standin: KfpStandIn,
         ("SKIPPED", runs.RunState.SUCCEEDED),
     ],
 )
-def test_states_are_mapped(standin: KfpStandIn, tmp_path: Path, kfp_state: str, state: runs.RunState) -> None:
+def test_states_are_mapped(
+    standin: KfpStandIn, tmp_path: Path, spec: dict[str, Any], kfp_state: str, state: runs.RunState
+) -> None:
     launcher = kfp_launcher.KfpLauncher(host=standin.url, namespace="kubeflow", package_for=compiler(tmp_path))
-    submitted = launcher.submit(ids.RunKey("pets-d1"), SPEC)
+    key = ids.RunKey(spec["arguments"]["run_key"])
+    submitted = launcher.submit(key, spec)
     standin.set_state(submitted.backend_run_id, kfp_state)
-    found = launcher.find(ids.RunKey("pets-d1"))
+    found = launcher.find(key)
     assert found is not None and found.state is state
     if state is runs.RunState.FAILED:
         assert kfp_state in (found.error or "")
+
+
+def test_a_hung_api_is_temporary_within_the_request_timeout(tmp_path: Path) -> None:
+    """A KFP API that accepts connections and never answers: the call gives up after its deadline."""
+    with silent.silent_server() as port:
+        launcher = kfp_launcher.KfpLauncher(
+            host=f"http://127.0.0.1:{port}", namespace="team-a", package_for=compiler(tmp_path), request_timeout_s=1.5
+        )
+        started = time.monotonic()
+        with pytest.raises(errors.TemporaryError, match="KFP at"):
+            launcher.find(ids.RunKey("pets-d1"))
+        assert time.monotonic() - started < 15
 
 
 def test_unreachable_api_is_temporary(tmp_path: Path) -> None:
@@ -110,7 +157,6 @@ def test_the_daemon_runs_on_kfp_and_reads_the_outcome_from_mlflow(
 ) -> None:
     """`launcher: kfp`: the loop submits to the KFP API and, when the run succeeds there, reads the gate's
     decision from the version the pipeline registered in MLflow (tagged with the run key)."""
-    import time
 
     from mlflow.tracking import MlflowClient
     from structlog.testing import capture_logs
