@@ -82,7 +82,11 @@ def key_problem(key: str) -> str | None:
 
 def escaped(key: str) -> str:
     """A printable rendering of any key, for messages: undecodable bytes as ``\\xNN``."""
-    return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").replace("\0", "\\x00")
+    try:
+        raw = key.encode("utf-8", "surrogateescape")  # file names: undecodable bytes come back as \\xNN
+    except UnicodeEncodeError:
+        raw = key.encode("utf-8", "backslashreplace")  # other lone surrogates (from JSON) as \\udNNN
+    return raw.decode("utf-8", "backslashreplace").replace("\0", "\\x00")
 
 
 def version_of(*, etag: str | None, size: int | None, mtime_ns: int | None) -> str:

@@ -80,7 +80,12 @@ def _record(record: Any, index: int) -> _Record | None:
         raise errors.InvalidInput(f"record {index}: s3.object.eTag is missing on {name}")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 2**63):
         raise errors.InvalidInput(f"record {index}: s3.object.size is not an object size (0 <= size < 2**63)")
-    key = unquote_plus(raw_key)
+    try:
+        key = unquote_plus(raw_key, errors="strict")  # a wrong byte in an escape must not become U+FFFD
+    except UnicodeDecodeError as exc:
+        raise errors.InvalidInput(
+            f"record {index}: s3.object.key {raw_key[:200]!r}: the name is not valid UTF-8"
+        ) from exc
     problem = events.key_problem(key)
     if problem is not None:
         raise errors.InvalidInput(f"record {index}: s3.object.key {events.escaped(key)[:200]!r}: {problem}")

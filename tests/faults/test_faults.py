@@ -83,33 +83,6 @@ class FaultyDaemon(Daemon):
         self.endings[how] += 1
         return how
 
-    def log_tail(self) -> str:
-        return (self.tmp / f"daemon-{self.starts}.log").read_text(errors="replace")[-3000:]
-
-    def logged(self, event: str) -> list[dict[str, object]]:
-        found = []
-        for log in sorted(self.tmp.glob("daemon-*.log")):
-            for line in log.read_text(errors="replace").splitlines():
-                if f'"{event}"' in line:
-                    try:
-                        found.append(json.loads(line))
-                    except ValueError:
-                        continue
-        return found
-
-    def wait_started(self) -> None:
-        """Until this life logged ``daemon_started`` (a SIGTERM before the handlers exist is not a stop)."""
-        log = self.tmp / f"daemon-{self.starts}.log"
-        wait_until(lambda: '"daemon_started"' in log.read_text(errors="replace"), 60, "the daemon to start")
-
-    def port(self) -> int:
-        wait_until(lambda: bool(self._listening()), 60, "the HTTP server")
-        return int(self._listening()[-1]["port"])  # type: ignore[call-overload]
-
-    def _listening(self) -> list[dict[str, object]]:
-        log = self.tmp / f"daemon-{self.starts}.log"
-        return [json.loads(line) for line in log.read_text(errors="replace").splitlines() if '"http_listening"' in line]
-
     def kill_pipelines(self) -> None:
         for pid_file in (self.tmp / "runs").glob("*/pid.json"):
             pid = json.loads(pid_file.read_text())["pid"]

@@ -3,6 +3,7 @@ journal it writes."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from daemon.journal import sqlite
 from tests.support.paths import RETRAIN
+from tests.support.waiting import wait_until
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
@@ -54,6 +56,36 @@ class Daemon:
 
     def journal(self) -> sqlite.SqliteJournal:
         return sqlite.SqliteJournal(self.tmp / "journal.db")
+
+    def log_tail(self) -> str:
+        return (self.tmp / f"daemon-{self.starts}.log").read_text(errors="replace")[-3000:]
+
+    def logged(self, event: str) -> list[dict[str, object]]:
+        found = []
+        for log in sorted(self.tmp.glob("daemon-*.log")):
+            for line in log.read_text(errors="replace").splitlines():
+                if f'"{event}"' in line:
+                    try:
+                        found.append(json.loads(line))
+                    except ValueError:
+                        continue
+        return found
+
+    def wait_started(self) -> None:
+        """Until this life logged ``daemon_started`` (a SIGTERM before the handlers exist is not a stop)."""
+        log = self.tmp / f"daemon-{self.starts}.log"
+        wait_until(lambda: '"daemon_started"' in log.read_text(errors="replace"), 60, "the daemon to start")
+
+    def port(self) -> int:
+        wait_until(lambda: bool(self._listening()), 60, "the HTTP server")
+        return int(self._listening()[-1]["port"])  # type: ignore[call-overload]
+
+    def _listening(self) -> list[dict[str, object]]:
+        log = self.tmp / f"daemon-{self.starts}.log"
+        return [json.loads(line) for line in log.read_text(errors="replace").splitlines() if '"http_listening"' in line]
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port()}"
 
 
 def count(d: Daemon, what: Callable[[sqlite.SqliteJournal], int]) -> int:
