@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +14,7 @@ from daemon.model import decisions, ids, runs
 from daemon.rules import loading
 from pipelines import synthetic
 from tests.support.processes import Daemon, count
-from tests.support.waiting import wait_until
+from tests.support.waiting import stays, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -57,7 +56,7 @@ def test_killed_after_events_journaled_and_during_a_run(daemon: Daemon) -> None:
     daemon.kill()
     daemon.start()
     wait_until(lambda: count(daemon, lambda j: sum(r.state.final for r in j.runs())) == 1, 600, "the run's outcome")
-    time.sleep(6)  # nothing else may start: the data was consumed by the one run
+    stays(lambda: count(daemon, lambda j: len(j.runs())) == 1, 6, "one run (the data was consumed by it)")
     journal = daemon.journal()
     try:
         [run] = journal.runs()
@@ -130,7 +129,7 @@ def test_killed_after_the_intent_and_after_submitting_before_recording(
     builder.journal.close()
     daemon.start()
     wait_until(lambda: count(daemon, lambda j: sum(r.state.final for r in j.runs())) == 2, 600, "the second outcome")
-    time.sleep(6)
+    stays(lambda: count(daemon, lambda j: len(j.runs())) == 2, 6, "two runs, no third")
     journal = daemon.journal()
     try:
         all_runs = journal.runs()

@@ -7,8 +7,6 @@ for data that arrived during a run), and the champion moves only on improvement.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -19,6 +17,7 @@ from daemon import reactor, settings
 from daemon.model import runs, tags
 from pipelines import synthetic
 from tests.support import services
+from tests.support.waiting import stays, wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -32,15 +31,6 @@ training: {{epochs: 3, imgsz: 128, batch: 16, gpus: 0}}
 promotion: {{min_improvement: 0.005, first_model_min: 0.0}}
 limits: {{cooldown: 0s, max_concurrent_runs: 1}}
 """
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def upload_batch(server: services.S3Server, bucket: str, tmp: Path, *, seed: int, count: int) -> None:
@@ -87,7 +77,7 @@ def test_batches_trigger_exactly_the_implied_runs_and_the_champion_moves_only_up
         wait_until(lambda: (daemon.journal.get_run(first.run_key) or first).state.final, 600, "the first run's end")
         wait_until(lambda: len(daemon.journal.runs(limit=10)) == 2, 120, "the follow-up run")
         wait_until(lambda: all(r.state.final for r in daemon.journal.runs(limit=10)), 600, "the follow-up's end")
-        time.sleep(8)  # quiet: nothing else may start
+        stays(lambda: len(daemon.journal.runs(limit=10)) == 2, 8, "two runs (nothing else may start)")
         all_runs = daemon.journal.runs(limit=10)
         assert len(all_runs) == 2
         assert [r.state for r in all_runs] == [runs.RunState.SUCCEEDED, runs.RunState.SUCCEEDED]

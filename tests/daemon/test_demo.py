@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.waiting import stays
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
@@ -55,8 +57,7 @@ def test_demo_shows_a_full_cycle_then_keeps_running(tmp_path: Path) -> None:
         assert champion["model"] == "demo-detector"
         assert champion["champion"]["version"] in ("1", "2")
         assert httpx.get(url.group(1) + "/healthz", timeout=10).status_code == 200
-        time.sleep(2)
-        assert demo.poll() is None  # still running as a daemon
+        stays(lambda: demo.poll() is None, 2, "the demo running on as a daemon")
         demo.send_signal(signal.SIGINT)
         assert demo.wait(60) == 0
         assert "daemon_stopped" in log_path.read_text()

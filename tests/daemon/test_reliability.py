@@ -563,3 +563,63 @@ def test_a_clock_that_steps_back_does_not_hold_a_rule_past_its_max_wait(tmp_path
     finally:
         daemon.stop()
         daemon.shutdown()
+
+
+# --- an unwatched dataset is reported everywhere and retried (cluster path, 8) ------------------------------------
+def test_a_dataset_that_cannot_be_watched_is_reported_and_retried_until_it_can(daemon: Daemon) -> None:
+    data = daemon.tmp / "volume-not-mounted-yet"
+    (daemon.tmp / "rules" / "shelves.yaml").write_text(
+        FOLDER_RULE.format(data=data).replace("min_new_labels: 100000, quiet_period: 1h", "min_new_labels: 1000")
+    )
+    (daemon.tmp / "rules" / "pets.yaml").write_text(S3_RULE)  # s3:// without an endpoint
+    daemon.env["RETRAIN_SOURCES__UNWATCHED_RETRY_S"] = "1"
+    daemon.start()
+    url = daemon.url()
+    ready = httpx.get(f"{url}/readyz", timeout=10)
+    assert ready.status_code == 503
+    assert "does not exist" in ready.json()["checks"]["source folder:shelves"]
+    assert "sources.s3.endpoint" in ready.json()["checks"]["source s3_reconcile:pets"]
+    listed = sources(daemon)
+    assert listed["folder:shelves"]["connected"] is False and listed["s3_reconcile:pets"]["connected"] is False
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    assert 'retrain_source_connected{source="folder:shelves"} 0.0' in metrics
+    status = run_cli("status", env={k: v for k, v in daemon.env.items() if k.startswith("RETRAIN_")})
+    assert "shelves: 0 new labels, 0 new images; waiting [dataset_unavailable]" in status.stdout, status.stdout
+    # The volume gets mounted: picked up without a rule edit, within the retry interval.
+    labels(data / "labels", ["a.txt", "b.txt"])
+    wait_until(lambda: sources(daemon)["folder:shelves"]["connected"] is True, 30, "the folder to be watched")
+    wait_until(lambda: count(daemon, lambda j: j.event_count()) == 2, 30, "its files")
+    assert "source folder:shelves" not in httpx.get(f"{url}/readyz", timeout=10).json()["checks"]
+    assert daemon.terminate() == 0
+
+
+@pytest.mark.services
+def test_rollback_works_after_the_champion_s_version_was_deleted(mlflow_server: object, tmp_path: Path) -> None:
+    """Exactly when a rollback is needed: 0.1 answered "MLflow unavailable" (the missing alias)."""
+    from mlflow.tracking import MlflowClient
+
+    from daemon.model import tags
+
+    url = mlflow_server.url  # type: ignore[attr-defined]
+    client = MlflowClient(tracking_uri=url)
+    name = f"deleted-{time.monotonic_ns()}"
+    client.create_registered_model(name)
+    run_id = client.create_run(client.create_experiment(name)).info.run_id
+    for _ in range(2):
+        version = client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id)
+        client.set_model_version_tag(name, version.version, tags.GATE_DECISION, "promoted")
+        client.set_registered_model_alias(name, tags.CHAMPION_ALIAS, version.version)
+    client.delete_model_version(name, "2")  # the bad champion is removed by hand: the alias goes with it
+    journal = sqlite.SqliteJournal(tmp_path / "journal.db")
+    app = apps.app_for(journal, tracking_uri=url, api_token=apps.API_TOKEN)
+    reply = apps.request(
+        app, "POST", f"/api/v1/models/{name}/rollback", headers={"Authorization": f"Bearer {apps.API_TOKEN}"}
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["champion"] == "1"
+    assert client.get_model_version_by_alias(name, tags.CHAMPION_ALIAS).version == "1"
+    bad = apps.request(
+        app, "POST", "/api/v1/models/x' or name='y/rollback", headers={"Authorization": f"Bearer {apps.API_TOKEN}"}
+    )
+    assert bad.status_code == 400, bad.text  # 0.1: 503 "Invalid clause(s)"
+    journal.close()

@@ -72,11 +72,12 @@ def test_every_rendered_manifest_validates_strictly(overlay: str, version: str) 
         kubernetes_validate.validate(doc, version, strict=True)
 
 
-def test_strict_validation_catches_an_unknown_field() -> None:
+@pytest.mark.parametrize("version", VERSIONS)
+def test_strict_validation_catches_an_unknown_field(version: str) -> None:
     deployment = yaml.safe_load(yaml.safe_dump(one(rendered("base"), "Deployment")))
     deployment["spec"]["replica"] = 1  # a typo of replicas
     with pytest.raises(kubernetes_validate.ValidationError, match="replica"):
-        kubernetes_validate.validate(deployment, VERSIONS[-1], strict=True)
+        kubernetes_validate.validate(deployment, version, strict=True)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

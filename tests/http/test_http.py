@@ -9,7 +9,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +24,7 @@ from daemon.model import rules
 from daemon.rules import loading
 from tests.support import apps, services
 from tests.support.processes import run_cli as run
+from tests.support.waiting import wait_until
 
 RULE = """name: shelves
 dataset: {{source: "file://{data}"}}
@@ -31,13 +32,6 @@ model: {{registered_name: shelves-detector}}
 triggers:
   - new_labels: {{min_new_labels: 1000, quiet_period: 0s}}
 """
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 @dataclass
@@ -310,3 +304,34 @@ def test_a_taken_port_stops_retrain_up_with_a_clear_message(tmp_path: Path) -> N
     assert result.returncode == 2, result.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "http.port" in result.stderr
+
+
+def test_the_served_daemon_refuses_missing_and_wrong_tokens_and_everything_without_one(tmp_path: Path) -> None:
+    """The same checks against `retrain up` itself, over its real socket."""
+    from tests.support.processes import Daemon
+
+    for configured in (True, False):
+        home = tmp_path / ("with-token" if configured else "without-token")
+        rules_folder(home.mkdir() or home)
+        daemon = Daemon(home)
+        if configured:
+            daemon.env["RETRAIN_HTTP__API_TOKEN"] = apps.API_TOKEN
+        daemon.start()
+        try:
+            url = daemon.url()
+            trigger, rollback = f"{url}/api/v1/rules/shelves/trigger", f"{url}/api/v1/models/shelves-detector/rollback"
+            if configured:
+                assert httpx.post(trigger, timeout=10).status_code == 401
+                wrong = httpx.post(trigger, headers={"Authorization": "Bearer not-the-token"}, timeout=10)
+                assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+                right = httpx.post(trigger, headers={"Authorization": f"Bearer {apps.API_TOKEN}"}, timeout=10)
+                assert right.status_code == 202, right.text
+            else:
+                for path in (trigger, rollback):
+                    refused = httpx.post(path, headers={"Authorization": "Bearer anything"}, timeout=10)
+                    assert refused.status_code == 403 and "http.api_token" in refused.json()["detail"]
+            assert httpx.get(f"{url}/api/v1/status", timeout=10).status_code == 200
+            assert daemon.terminate() == 0
+        finally:
+            if daemon.process is not None and daemon.process.poll() is None:
+                daemon.kill()

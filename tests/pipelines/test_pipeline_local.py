@@ -177,6 +177,13 @@ def test_champion_moves_only_on_improvement(
     image = sorted((data / "images").iterdir())[0]
     detections = model.predict(pd.DataFrame({"path": [str(image)]}))
     assert list(detections.columns) == ["path", "class_id", "class_name", "confidence", "x1", "y1", "x2", "y2"]
+    # The image holds 1-3 coloured boxes: the champion (30 epochs) finds at least one of them,
+    # of a class the label names, inside the image.
+    truth = {int(line.split()[0]) for line in (data / "labels" / f"{image.stem}.txt").read_text().splitlines()}
+    assert len(detections) >= 1
+    best = detections.sort_values("confidence", ascending=False).iloc[0]
+    assert int(best["class_id"]) in truth
+    assert 0 <= best["x1"] < best["x2"] <= 128 and 0 <= best["y1"] < best["y2"] <= 128
 
 
 def test_coco_mini_materialize_validate_and_train(tmp_path: Path) -> None:
