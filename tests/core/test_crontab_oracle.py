@@ -2,9 +2,10 @@
 itself. Hypothesis writes expressions (steps, ranges, lists, names, both day fields) and start times in zones
 with daylight-saving changes; the next fire times must agree.
 
-The one documented difference: a slot that falls into a daylight-saving gap does not exist, and this engine
-skips it, where cronsim moves it to the first minute after the gap. Those moved times are left out of
-cronsim's answer (they match no field of the expression), nothing else is. (cronsim also reads a one-value
+The documented differences: a slot that falls into a daylight-saving gap does not exist, and this engine
+skips it, where cronsim moves it to the first minute after the gap; and a repeated hour (the clock set back)
+fires once here, at its first occurrence, where cronsim (as Vixie cron for expressions with a wildcard hour)
+fires its slots again. Those moved and repeated times are left out of cronsim's answer, nothing else is. (cronsim also reads a one-value
 range with a step, ``0-0/1``, as ``0/1``; cron(5) and this engine read it as ``0``: such fields are not
 generated.)"""
 
@@ -88,7 +89,8 @@ def theirs(expression: str, start: datetime, zone: ZoneInfo, count: int) -> list
     for moment in iterator:
         local = moment.astimezone(zone)
         moved = local.minute not in parsed.minutes or local.hour not in parsed.hours  # out of a DST gap
-        if moment.astimezone(UTC) > start and not moved and moment.astimezone(UTC) not in found:
+        repeated = local.fold == 1 and local.replace(fold=0).astimezone(UTC) != moment.astimezone(UTC)
+        if moment.astimezone(UTC) > start and not moved and not repeated and moment.astimezone(UTC) not in found:
             found.append(moment.astimezone(UTC))
         if len(found) == count:
             break
