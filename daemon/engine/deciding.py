@@ -202,7 +202,7 @@ def _evaluate(rule: rules.Rule, st: state.RuleState, now: datetime) -> tuple[lis
     return fires, waits
 
 
-def _numbers(rule: rules.Rule, st: state.RuleState, now: datetime) -> dict[str, Any]:
+def _numbers(st: state.RuleState, now: datetime) -> dict[str, Any]:
     numbers: dict[str, Any] = {
         "pending_labels": st.pending.labels,
         "pending_images": st.pending.images,
@@ -281,7 +281,7 @@ def decide(rule: rules.Rule, st: state.RuleState, now: datetime) -> decisions.De
         A :class:`~daemon.model.decisions.Launch` with a deterministic run key, or a
         :class:`~daemon.model.decisions.Skip` whose reason says what the rule waits for.
     """
-    numbers = _numbers(rule, st, now)
+    numbers = _numbers(st, now)
     if not rule.enabled:
         return decisions.Skip(
             rule=rule.name, code=decisions.SkipCode.DISABLED, reason="rule is disabled", numbers=numbers

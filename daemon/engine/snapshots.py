@@ -19,15 +19,16 @@ _FINGERPRINT_CHARS = 16
 
 def fingerprint(manifest: Iterable[tuple[str, str]]) -> str | None:
     """The fingerprint of ``(key, version)`` pairs, in any order; ``None`` for an empty dataset."""
+    items = sorted(manifest)
+    if not items:
+        return None
     digest = hashlib.sha256()
-    count = 0
-    for key, version in sorted(manifest):
+    for key, version in items:
         digest.update(key.encode())
         digest.update(b"\0")
         digest.update(version.encode())
         digest.update(b"\n")
-        count += 1
-    return digest.hexdigest() if count else None
+    return digest.hexdigest()
 
 
 def data_run_key(rule: str, snapshot: str) -> ids.RunKey:

@@ -5,9 +5,9 @@ with daylight-saving changes; the next fire times must agree.
 The documented differences: a slot that falls into a daylight-saving gap does not exist, and this engine
 skips it, where cronsim moves it to the first minute after the gap; and a repeated hour (the clock set back)
 fires once here, at its first occurrence, where cronsim (as Vixie cron for expressions with a wildcard hour)
-fires its slots again. Those moved and repeated times are left out of cronsim's answer, nothing else is. (cronsim also reads a one-value
-range with a step, ``0-0/1``, as ``0/1``; cron(5) and this engine read it as ``0``: such fields are not
-generated.)"""
+fires its slots again. Those moved and repeated times are left out of cronsim's answer, nothing else is.
+(cronsim also reads a one-value range with a step, ``0-0/1``, as ``0/1``; cron(5) and this engine read it
+as ``0``: such fields are not generated.)"""
 
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ from hypothesis import strategies as st
 
 from daemon.model import crontab
 
-ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata", "America/Sao_Paulo"]
+# Not Australia/Lord_Howe: cronsim assumes daylight saving moves clocks by a whole hour, and on the day Lord
+# Howe Island goes from 02:00 to 02:30 it skips 03:00-03:29 too (and 02:00-02:29 on the day it goes back).
+# Hypothesis found that; the half-hour changes are pinned by exact tests in test_edges_exact.py.
+ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "America/Sao_Paulo"]
 MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
 DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
 
@@ -113,7 +116,7 @@ def test_next_fire_times_agree_with_an_independent_cron(expression: str, zone: s
 @settings(max_examples=60, deadline=None)
 @given(
     expression=expressions(),
-    zone=st.sampled_from(["Europe/Berlin", "America/New_York", "Australia/Lord_Howe"]),
+    zone=st.sampled_from(["Europe/Berlin", "America/New_York", "America/Sao_Paulo"]),
     year=st.integers(min_value=2026, max_value=2028),
     transition=st.sampled_from([(3, 25), (10, 25), (3, 8), (11, 1), (4, 1), (10, 1)]),
 )

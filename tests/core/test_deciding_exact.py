@@ -469,3 +469,100 @@ def test_launch_params_carry_the_rule() -> None:
         "promotion": r.promotion.model_dump(mode="json"),
     }
     assert params["dataset"]["classes"] == ["cat"]
+
+
+MISSED = state.Tick(id="tick-1", trigger_index=1, slot=NOW - timedelta(hours=1))  # past its 5m grace: answered
+
+
+@pytest.mark.parametrize(
+    ("st", "code"),
+    [
+        (state.RuleState(ticks=(MISSED,), snapshot=FP, dataset_problem="not watched"), "dataset_unavailable"),
+        (state.RuleState(ticks=(MISSED,), snapshot=FP), "slot_skipped"),
+        (
+            state.RuleState(
+                ticks=(MISSED,), pending=pending(1, first=S, last=S), snapshot=FP, active_runs=(ids.RunKey("a"),)
+            ),
+            "concurrency",
+        ),
+        (state.RuleState(ticks=(MISSED,), pending=pending(1, first=S, last=S)), "empty_dataset"),
+        (
+            state.RuleState(
+                ticks=(MISSED,),
+                pending=pending(1, first=S, last=S),
+                snapshot=FP,
+                snapshot_run=(ids.RunKey("pets-old"), runs.RunState.FAILED),
+            ),
+            "already_ran",
+        ),
+    ],
+)
+def test_a_missed_slot_is_answered_whatever_else_stops_the_rule(st: state.RuleState, code: str) -> None:
+    r = rule(f"{QUICK}\n{SCHEDULE}", extra="limits: {max_concurrent_runs: 1}")
+    got = deciding.decide(r, st, NOW)
+    assert isinstance(got, decisions.Skip)
+    assert got.code == code
+    assert "tick-1" in got.acknowledges
+
+
+def test_a_tick_or_observation_of_a_trigger_one_past_the_end_is_answered_not_a_crash() -> None:
+    r = rule(QUICK)  # one trigger: index 1 is one past the end
+    gone = state.Tick(id="tick-9", trigger_index=1, slot=NOW - S)
+    got = deciding.decide(r, state.RuleState(ticks=(gone,), snapshot=FP), NOW)
+    assert isinstance(got, decisions.Skip) and got.acknowledges == ("tick-9",)
+    assert got.reason == "schedule slot 2026-11-23 11:59 UTC: the trigger no longer exists"
+    stale = observation("class_drift", 0.9, 1)
+    got = deciding.decide(r, state.RuleState(observations=(stale,), snapshot=FP), NOW)
+    assert isinstance(got, decisions.Skip) and got.acknowledges == ("obs-class_drift",)
+
+
+def test_a_label_stamped_in_the_future_is_0s_ago_and_waited_for() -> None:
+    r = rule(QUICK)
+    future = state.PendingData(labels=1, first_at=NOW + 5 * S, last_at=NOW + 5 * S)
+    got = deciding.decide(r, state.RuleState(pending=future, snapshot=FP), NOW)
+    assert isinstance(got, decisions.Skip) and got.next_check_at == NOW + 5 * S
+    assert got.reason == (
+        "waiting for quiet period: last label 0s ago, need 0s "
+        "(1 new labels (need 1); max_wait ends 2026-11-23 18:00 UTC)"
+    )
+
+
+def test_a_class_with_no_new_boxes_counts_zero() -> None:
+    r = rule(
+        "  - new_labels: {min_new_labels: 1, min_per_class: {dog: 5}, quiet_period: 0s}",
+        classes=", classes: [cat, dog]",
+    )
+    only_cats = pending(2, first=S, last=S, counts={"0": 9})
+    got = deciding.decide(r, state.RuleState(pending=only_cats, snapshot=FP), NOW)
+    assert isinstance(got, decisions.Skip) and got.reason == "class 'dog': 0/5 new boxes"
+
+
+def test_seconds_since_the_last_label_are_kept_to_the_millisecond() -> None:
+    data = state.PendingData(
+        labels=1, first_at=NOW - timedelta(seconds=1.234567), last_at=NOW - timedelta(seconds=1.234567)
+    )
+    got = deciding.decide(rule(NEW_LABELS), state.RuleState(pending=data, snapshot=FP), NOW)
+    assert got.numbers["seconds_since_last_label"] == 1.235
+
+
+@pytest.fixture
+def local_zone_not_utc(monkeypatch: pytest.MonkeyPatch) -> object:
+    """The process's local zone is Tokyo: a time shown or keyed 'in UTC' must not follow it."""
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("local_zone_not_utc")
+def test_times_in_reasons_and_run_keys_are_utc_whatever_the_local_zone() -> None:
+    r = rule(QUICK, extra=LIMITS)
+    cooling = state.RuleState(
+        pending=pending(1, first=S, last=S), snapshot=FP, last_launch_at=NOW - S, launches_last_day=(NOW - S,)
+    )
+    got = deciding.decide(r, cooling, NOW)
+    assert got.reason.startswith("cooldown until 2026-11-23 12:59 UTC")
+    assert snapshots.schedule_run_key("pets", NOW) == "pets-s202611231200"
