@@ -88,18 +88,26 @@ def up(ctx: click.Context) -> None:
 
     from daemon import reactor
 
+    stop_asked: list[str] = []
+    daemon: reactor.Reactor | None = None
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logs.get_logger(__name__).info("daemon_stopping", signal=signal.Signals(signum).name)
+        stop_asked.append(signal.Signals(signum).name)
+        if daemon is not None:
+            daemon.stop()
+
+    # Installed before the daemon is built: a SIGTERM while it starts (kubelet may send one at any time)
+    # still ends in a clean stop with exit code 0.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         daemon = reactor.Reactor(_settings(ctx))
     except errors.RetrainError as exc:
         click.echo(f"retrain up: {exc}", err=True)
         sys.exit(EXIT_CONFIG if isinstance(exc, errors.ConfigError) else 1)
-
-    def on_signal(signum: int, _frame: object) -> None:
-        logs.get_logger(__name__).info("daemon_stopping", signal=signal.Signals(signum).name)
+    if stop_asked:
         daemon.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     try:
         daemon.run()
     except errors.RetrainError as exc:

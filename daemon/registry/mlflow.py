@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -196,12 +196,12 @@ class Mlflow:
         """Versions the gate promoted, oldest first."""
         return [str(v.version) for v in self.versions(model, **{tags.GATE_DECISION: "promoted"})]
 
-    def outcome_of(self, model: str, run_key: str) -> outcomes.GateOutcome | None:
-        """The gate's outcome as recorded on the version a run registered (None: it registered none)."""
+    def registered_by(self, model: str, run_key: str) -> tuple[str, dict[str, str]] | None:
+        """The version a run registered and its tags (None: it registered none)."""
         found = self.versions(model, **{tags.RUN_KEY: run_key})
         if not found:
             return None
-        return outcome_from_tags(model, found[-1].version, dict(found[-1].tags or {}))
+        return str(found[-1].version), dict(found[-1].tags or {})
 
     # --- writing ----------------------------------------------------------------------------------
     def move_champion(self, model: str, version: str, *, actor: str, reason: str) -> None:
@@ -216,20 +216,30 @@ class Mlflow:
             self.client.set_model_version_tag(model, version, tags.ROLLBACK, f"{actor}: {reason}")
 
 
-def outcome_from_tags(model: str, version: str, found: dict[str, str]) -> outcomes.GateOutcome | None:
+def evaluation_from_tags(found: Mapping[str, str]) -> outcomes.Evaluation | None:
+    """The candidate's metrics as the gate tagged them on its version (None: not evaluated)."""
+    metric = found.get(f"{tags.METRIC_PREFIX}map50_95")
+    if metric is None:
+        return None
+    return outcomes.Evaluation(map50_95=float(metric), map50=float(found.get(f"{tags.METRIC_PREFIX}map50") or 0.0))
+
+
+def champion_at_evaluation(found: Mapping[str, str]) -> str | None:
+    """The champion the version was compared with (None: there was none, or no evaluation)."""
+    previous = found.get(tags.CHAMPION_AT_EVALUATION)
+    return None if previous in (None, "", "none") else previous
+
+
+def outcome_from_tags(model: str, version: str, found: Mapping[str, str]) -> outcomes.GateOutcome | None:
     """The gate's outcome written on a model version (None when the gate never tagged it)."""
     decision = found.get(tags.GATE_DECISION)
     if decision is None:
         return None
-    metric = found.get(f"{tags.METRIC_PREFIX}map50_95")
-    map50 = found.get(f"{tags.METRIC_PREFIX}map50")
-    candidate = outcomes.Evaluation(map50_95=float(metric), map50=float(map50 or 0.0)) if metric is not None else None
-    previous = found.get(tags.CHAMPION_AT_EVALUATION)
     return outcomes.GateOutcome(
         model=model,
         version=str(version),
         decision=outcomes.GateDecision(decision),
         reason=found.get(tags.GATE_REASON, ""),
-        previous_champion=None if previous in (None, "", "none") else previous,
-        candidate=candidate,
+        previous_champion=champion_at_evaluation(found),
+        candidate=evaluation_from_tags(found),
     )

@@ -66,22 +66,30 @@ class OutcomeRecorder:
         loaded = self.rules().get(run.rule)
         if loaded is None:
             return None
-        found = self.mlflow.outcome_of(loaded.rule.model.registered_name, run.run_key)
-        if found is None or status.state is runs.RunState.SUCCEEDED:
+        model = loaded.rule.model.registered_name
+        registered = self.mlflow.registered_by(model, run.run_key)
+        if registered is None:
+            return None
+        version, found_tags = registered
+        found = registry.outcome_from_tags(model, version, found_tags)
+        if status.state is runs.RunState.SUCCEEDED:
             return found
-        champion = self.mlflow.champion(found.model)
-        if champion is None or champion.version != found.version:
-            return None  # registered, never promoted: nothing changed in production
+        # The run died. Its version counts as promoted only if the alias points at it, whether or not the gate
+        # got as far as tagging its decision (the step can die between moving the alias and the tag).
+        champion = self.mlflow.champion(model)
+        if champion is None or champion.version != version:
+            return None
+        earlier = f" {found.reason}" if found is not None else ""
         return outcomes.GateOutcome(
-            model=found.model,
-            version=found.version,
+            model=model,
+            version=version,
             decision=outcomes.GateDecision.PROMOTED,
             reason=(
-                f"recovered from MLflow: v{found.version} is champion; the run ended before reporting "
-                f"({status.error or status.state.value}). {found.reason}"
-            ).strip(),
-            previous_champion=found.previous_champion,
-            candidate=found.candidate,
+                f"recovered from MLflow: v{version} is champion; the run ended before reporting "
+                f"({status.error or status.state.value}).{earlier}"
+            ),
+            previous_champion=registry.champion_at_evaluation(found_tags),
+            candidate=registry.evaluation_from_tags(found_tags),
             recovered=True,
         )
 

@@ -48,7 +48,6 @@ def _already_done(registry_: registry.Mlflow, name: str, version: Any) -> outcom
     if champion is not None and champion.version == str(version.version):
         if recorded is not None and recorded.promoted:
             return recorded
-        previous = found.get(tags.CHAMPION_AT_EVALUATION)
         reason = "an earlier attempt of this run moved the alias to this version and died before reporting"
         _tag(registry_, name, str(version.version), outcomes.GateDecision.PROMOTED, reason)
         return outcomes.GateOutcome(
@@ -56,7 +55,8 @@ def _already_done(registry_: registry.Mlflow, name: str, version: Any) -> outcom
             version=str(version.version),
             decision=outcomes.GateDecision.PROMOTED,
             reason=reason,
-            previous_champion=None if previous in (None, "none") else previous,
+            previous_champion=registry.champion_at_evaluation(found),
+            candidate=registry.evaluation_from_tags(found),
             recovered=True,
         )
     return recorded

@@ -150,7 +150,9 @@ def test_killed_between_journaling_and_acknowledging_a_webhook(faulty: FaultyDae
     for _ in range(ITERATIONS):
         faulty.start_armed(f"event_journaled@{rng.randint(1, 3)}")
         url = f"http://127.0.0.1:{faulty.port()}/events/minio"
-        while faulty.alive():  # deliveries go on until the failpoint kills the daemon mid-delivery
+        deadline = time.monotonic() + 10.0
+        # Deliveries go on until the failpoint kills the daemon mid-delivery (or the deadline: then end() fails).
+        while faulty.alive() and time.monotonic() < deadline:
             if not pending:
                 batch = [f"pets/labels/train/{keys + i:05d}.txt" for i in range(rng.randint(1, 5))]
                 keys += len(batch)
@@ -265,7 +267,9 @@ def test_killed_between_a_finished_run_and_its_record(
     if boundary == "run_finished":
         synthetic.generate(data, count=8, seed=5)
         faulty.start_armed("run_finished@1")
-        wait_until(lambda: faulty.process is not None and faulty.process.poll() is not None, 600, "the kill")
+        outcome = lambda: any(faulty.tmp.glob("runs/*/outcome.json")) or not faulty.alive()  # noqa: E731
+        wait_until(outcome, 600, "the run's outcome")
+        faulty.end("run_finished", within_s=30.0)  # the daemon reads the outcome and dies before recording it
         assert any(faulty.tmp.glob("runs/*/outcome.json"))
     else:
         synthetic.generate(data, count=8, seed=5)
@@ -296,6 +300,7 @@ def test_killed_between_a_finished_run_and_its_record(
             faulty.kill()
             kills += 1
         faulty.start_armed(None)  # the last life is left to finish the recovery
+        faulty.wait_started()  # (a killed life may have recorded it already)
         wait_until(recorded, 120, "the run to be recorded")
         assert faulty.terminate() == 0
         journal = faulty.journal()
