@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import secrets
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,23 @@ def test_s3_put_list_get_delete(s3_server: services.S3Server, s3_bucket: str) ->
 
     client.remove_object(s3_bucket, key)
     assert list(client.list_objects(s3_bucket, prefix="pets/", recursive=True)) == []
+
+
+def test_the_session_server_takes_writes_in_many_buckets(s3_server: services.S3Server) -> None:
+    """The suite makes a bucket per test on one server: each is a SeaweedFS collection with volumes of its own,
+    and the default growth (7 volumes a time, 100 in all) failed the 15th bucket's first write with a 500."""
+    client = s3_server.client()
+    names = [f"many-{i:03d}-{secrets.token_hex(3)}" for i in range(60)]
+    try:
+        for name in names:
+            client.make_bucket(name)
+            client.put_object(name, "k", io.BytesIO(b"x"), length=1)
+        assert all(client.get_object(name, "k").read() == b"x" for name in names)
+    finally:
+        for name in names:
+            with contextlib.suppress(S3Error):
+                client.remove_object(name, "k")
+                client.remove_bucket(name)
 
 
 def test_s3_rejects_wrong_credentials(s3_server: services.S3Server, s3_bucket: str) -> None:

@@ -102,7 +102,9 @@ class ServiceProcess:
             self.process.wait(timeout=5)
 
 
-def spawn(name: str, argv: list[str], *, log_path: Path, env: dict[str, str] | None = None) -> ServiceProcess:
+def spawn(
+    name: str, argv: list[str], *, log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> ServiceProcess:
     """Start ``argv`` in a new process group, its output appended to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
@@ -112,6 +114,7 @@ def spawn(name: str, argv: list[str], *, log_path: Path, env: dict[str, str] | N
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
+            cwd=cwd,
             start_new_session=True,
         )
     return ServiceProcess(name=name, process=process, log_path=log_path)
@@ -160,6 +163,9 @@ class S3Server:
         config = self.workdir / "s3.json"
         config.write_text(json.dumps(identities))
         config.chmod(0o600)
+        # Every bucket is a SeaweedFS collection with volumes of its own, grown 7 at a time by default:
+        # 100 volumes held 14 buckets and the 15th write got a 500. weed reads master.toml from its cwd.
+        (self.workdir / "master.toml").write_text("[master.volume_growth]\ncopy_1 = 1\n")
         if not self.port:
             self.port = free_port()
         ports = {
@@ -177,7 +183,7 @@ class S3Server:
             "-master.volumeSizeLimitMB=64",
             f"-volume.port={ports['volume']}",
             f"-volume.port.grpc={ports['volume_grpc']}",
-            "-volume.max=100",
+            "-volume.max=1000",
             "-filer",
             f"-filer.port={ports['filer']}",
             f"-filer.port.grpc={ports['filer_grpc']}",
@@ -191,7 +197,7 @@ class S3Server:
             "-iam=false",
             f"-s3.config={config}",
         ]
-        self.service = spawn("seaweedfs", argv, log_path=self.workdir / "seaweedfs.log")
+        self.service = spawn("seaweedfs", argv, log_path=self.workdir / "seaweedfs.log", cwd=self.workdir)
         self.service.wait_until(self._answers, timeout_s=timeout_s, what=f"S3 API on port {self.port}")
         return self
 
