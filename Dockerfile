@@ -3,10 +3,17 @@
 #   daemon  - the long-running service: python slim, no torch, non-root, journal on a volume, a healthcheck.
 #   trainer - what every pipeline component runs in: CUDA PyTorch, ultralytics, this project, and the font
 #             Ultralytics draws labels with, so no run tries to download it.
-# tests/test_dockerfile.py lints this file with hadolint and checks the stages, users and entrypoints.
+# tests/deploy/test_dockerfile.py lints this file with hadolint and checks the stages, users and entrypoints.
+#
+# Both stages install exact versions with hashes from requirements/{daemon,trainer}.lock (`make lock`
+# writes them from pyproject.toml), then this project with --no-deps: the image holds what CI tested.
+# The locks are resolved for linux x86_64 (amd64 nodes). Both bases are pinned by digest (python:3.11-slim's
+# multi-platform index); the digest was read from public Dockerfiles, not pulled here (no engine). To bump:
+#   docker buildx imagetools inspect python:3.11-slim   # prints the index digest ("Digest: sha256:...")
+# and replace the digest on both FROM lines in one commit; `make sbom` afterwards lists what changed.
 
 # ------------------------------------------------------------------------------------------------------
-FROM python:3.11-slim AS daemon
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7 AS daemon
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -19,11 +26,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     RETRAIN_HTTP__PORT=8080 \
     RETRAIN_LOGGING__FORMAT=json
 WORKDIR /app
+# The daemon's dependencies only (daemon.lock: no [train] extra, so no torch or ultralytics in this image),
+# in a layer of their own that a code change does not rebuild.
+COPY requirements/daemon.lock requirements/
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/daemon.lock
 COPY pyproject.toml README.md ./
 COPY daemon ./daemon
 COPY pipelines ./pipelines
-# The daemon's dependencies only: no [train] extra, so no torch or ultralytics in this image.
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && groupadd --system --gid 10001 retrain \
     && useradd --system --uid 10001 --gid retrain --no-create-home --home-dir /tmp retrain \
     && mkdir -p /var/lib/retrain /etc/retrain/rules \
@@ -39,7 +49,9 @@ ENTRYPOINT ["retrain"]
 CMD ["up"]
 
 # ------------------------------------------------------------------------------------------------------
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime AS trainer
+# torch comes from trainer.lock as PyPI's CUDA 13.0 build, the CUDA runtime as nvidia-* wheels beside it:
+# GPU nodes need an NVIDIA driver for CUDA 13 (580 or newer), no CUDA in the image's base.
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7 AS trainer
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -49,14 +61,22 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MPLCONFIGDIR=/tmp/matplotlib \
     HOME=/tmp
 WORKDIR /app
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# OpenCV (ultralytics' cv2) loads libGL and GLib at import. Their versions come with the Debian release of
+# the pinned base; they are the only packages not pinned by a lock.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends libgl1 libglib2.0-0 \
+    && rm -rf /var/lib/apt/lists/*
+# The project's [train] extra from trainer.lock (torch, torchvision, ultralytics and all they need).
+COPY requirements/trainer.lock requirements/
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/trainer.lock
 COPY pyproject.toml README.md ./
 COPY daemon ./daemon
 COPY pipelines ./pipelines
-# The project with its [train] extra (ultralytics; torch and torchvision come with the base image).
 # Ultralytics looks for Arial.ttf (Arial.Unicode.ttf for non-Latin class names) in YOLO_CONFIG_DIR/Ultralytics
 # and downloads it when missing; matplotlib's bundled DejaVu Sans stands in under those names.
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-RUN pip install --no-cache-dir "./[train]" \
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && groupadd --system --gid 10001 retrain \
     && useradd --system --uid 10001 --gid retrain --no-create-home --home-dir /tmp retrain \
     && font="$(python -c 'import matplotlib, pathlib; print(pathlib.Path(matplotlib.get_data_path(), "fonts/ttf/DejaVuSans.ttf"))')" \

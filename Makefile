@@ -5,16 +5,33 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench manifests mutation clean
+.PHONY: install lock run test lint format bench manifests mutation sbom audit clean
 
 install: $(STAMP)
 
-# Reinstall only when the dependency list changes; the editable install picks up code changes by itself.
-$(STAMP): pyproject.toml
+# The exact versions of requirements/dev.lock (hashes checked), then this project without its dependencies;
+# anything else found in the environment is removed, so it holds the lock and nothing more. Reinstalls only
+# when the lock changes; the editable install picks up code changes by itself. `make lock` refreshes the locks.
+$(STAMP): pyproject.toml requirements/dev.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	@$(BIN)/python requirements/lock.py install
 	@touch $(STAMP)
+
+# Resolve pyproject.toml again: requirements/{dev,daemon,trainer}.lock with hashes (uv). Commit the result.
+# Versions already locked stay while they fit; UPGRADE=all (or UPGRADE=mlflow,httpx) takes newer releases.
+UPGRADE ?=
+lock: install
+	LOCK_UPGRADE=$(UPGRADE) $(BIN)/python requirements/lock.py lock
+
+# A CycloneDX SBOM per image target, from its lock: build/sbom/daemon.cdx.json and trainer.cdx.json.
+sbom: install
+	$(BIN)/python requirements/bom.py sbom build/sbom
+
+# pip-audit over every lock. Exit 1: a known vulnerability; exit 2: the vulnerability service could not be
+# asked (these machines reach neither PyPI's JSON API nor osv.dev; see the README). AUDIT_SERVICE=osv for osv.dev.
+AUDIT_SERVICE ?= pypi
+audit: install
+	AUDIT_SERVICE=$(AUDIT_SERVICE) $(BIN)/python requirements/bom.py audit
 
 # The first five minutes: the daemon on its embedded laptop set-up (a watched folder under .retrain/demo,
 # the kfp.local launcher, MLflow on a SQLite file), fed two batches of generated data. Ctrl-C stops it.
@@ -53,4 +70,4 @@ mutation: install
 	@$(BIN)/mutmut results
 
 clean:
-	rm -rf $(VENV) .retrain .pytest_cache .mypy_cache .ruff_cache mutants
+	rm -rf $(VENV) .retrain .pytest_cache .mypy_cache .ruff_cache mutants build
