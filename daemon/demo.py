@@ -1,14 +1,16 @@
 """`make run`: the daemon on its embedded laptop set-up, fed a demo dataset in two batches.
 
 Everything lives under ``.retrain/demo/`` in the project: a watched folder (``data/``), one rule
-(``rules/demo.yaml``), the journal, MLflow on a SQLite file and the local pipeline runs. The demo:
+(``rules/demo.yaml``), the journal, MLflow on a SQLite file, the local pipeline runs and the settings file
+that points the ``retrain`` command at all of them (``RETRAIN_CONFIG``). The demo:
 
 0. starts from a clean ``.retrain/demo/`` (set ``DEMO_KEEP=1`` to keep the last demo's state);
 1. starts the daemon (``retrain up`` in this process);
-2. drops a first batch of generated images with box labels into the folder, in three bursts: the rule
+2. drops a first batch of 96 generated images with box labels into the folder, in three bursts: the rule
    waits for the quiet period, fires once, trains (epochs and mAP are logged), and the gate makes the
-   first model champion;
-3. drops a second batch: a second run trains on all the data and the gate promotes or rejects it by mAP;
+   first model champion if its mAP50-95 reaches the rule's ``first_model_min`` (0.1);
+3. drops a second batch of 48: a second run trains on all 144 and the gate promotes or rejects it by mAP
+   against the champion on the same validation images;
 4. keeps running as a daemon: drop more files into ``.retrain/demo/data/images`` and ``labels`` (YOLO
    format) and watch it react. Ctrl-C stops it (a running pipeline is left to finish and re-attached on
    the next start).
@@ -24,7 +26,9 @@ import threading
 import time
 from pathlib import Path
 
-from daemon import errors, logs, reactor, settings
+import yaml
+
+from daemon import constants, errors, logs, reactor, settings
 from daemon.model import runs
 
 DEMO = Path(".retrain/demo")
@@ -40,9 +44,29 @@ model:
 triggers:
   - new_labels: {{min_new_labels: 40, quiet_period: 10s, max_wait: 10m}}
 training: {{epochs: {epochs}, imgsz: 128, batch: 16, gpus: 0}}
-promotion: {{metric: map50_95, min_improvement: 0.005, first_model_min: 0.0}}
+promotion: {{metric: map50_95, min_improvement: 0.005, first_model_min: 0.1}}
 limits: {{cooldown: 0s, max_concurrent_runs: 1}}
 """
+
+
+def write_settings(home: Path) -> Path:
+    """The demo's settings as a file (absolute paths), so that every ``retrain`` command can be pointed at it."""
+    path = home / "settings.yaml"
+    path.write_text(
+        "# The demo's settings (`make run`). Point any retrain command at them:\n"
+        f"#   export {constants.ENV_CONFIG_FILE}={path}\n"
+        + yaml.safe_dump(
+            {
+                "journal": {"path": str(home / "journal.db")},
+                "rules": {"path": str(home / "rules")},
+                "mlflow": {"tracking_uri": f"sqlite:///{home / 'mlflow.db'}"},
+                "kfp": {"local_pipeline_root": str(home / "runs")},
+                "logging": {"format": "console"},
+            },
+            sort_keys=False,
+        )
+    )
+    return path
 
 
 def say(text: str) -> None:
@@ -86,17 +110,11 @@ def main() -> int:
     rules_dir = DEMO / "rules"
     rules_dir.mkdir(parents=True, exist_ok=True)
     (rules_dir / "demo.yaml").write_text(RULE.format(data=data, epochs=epochs))
+    settings_file = write_settings(DEMO.resolve())
     config = settings.load(
         environ={},
-        overrides=[
-            f"journal.path={DEMO / 'journal.db'}",
-            f"rules.path={rules_dir}",
-            f"mlflow.tracking_uri=sqlite:///{(DEMO / 'mlflow.db').resolve()}",
-            f"kfp.local_pipeline_root={DEMO / 'runs'}",
-            "logging.format=console",
-            "sources.folder_rescan_interval_s=30",
-            f"http.port={os.environ.get('DEMO_HTTP_PORT', '8080')}",
-        ],
+        config_file=settings_file,
+        overrides=["sources.folder_rescan_interval_s=30", f"http.port={os.environ.get('DEMO_HTTP_PORT', '8080')}"],
     )
     logs.configure(config.logging, stream=sys.stdout)
     fresh = not (DEMO / "journal.db").exists()
@@ -122,19 +140,23 @@ def main() -> int:
         url = f"http://127.0.0.1:{daemon.http_port}"
         say(f"HTTP: {url}/api/v1/status (JSON status), {url}/metrics (Prometheus), {url}/healthz, {url}/readyz")
     if fresh:
-        say("batch 1: 48 labelled images arrive in 3 bursts; the rule waits for a 10 s quiet period")
-        drop_batch(data, seed=1, count=48)
+        say("batch 1: 96 labelled images arrive in 3 bursts; the rule waits for a 10 s quiet period")
+        drop_batch(data, seed=1, count=96)
         say(f"training run 1 ({epochs} epochs on CPU); progress below, then the gate's decision")
         wait_for_runs(daemon, 1)
-        say("batch 2: 48 more images; a second run trains on all 96 and is gated against the champion")
+        say("batch 2: 48 more images; a second run trains on all 144 and is gated against the champion")
         drop_batch(data, seed=2, count=48)
         wait_for_runs(daemon, 2)
         for record in daemon.journal.promotions("demo-detector", limit=5)[::-1]:
             say(f"model version {record.version}: {record.kind} ({record.reason})")
     say(
-        "the daemon keeps running: drop YOLO images/labels into "
-        f"{data}/images and {data}/labels, or run `retrain --set journal.path={DEMO / 'journal.db'} "
-        f"--set rules.path={rules_dir} status` in another terminal. Ctrl-C stops it."
+        f"the daemon keeps running: drop YOLO images/labels into {data}/images and {data}/labels. "
+        "In another terminal, point the retrain command at the demo's settings:\n\n"
+        f"    export {constants.ENV_CONFIG_FILE}={settings_file}\n"
+        "    .venv/bin/retrain status                  # both runs, the gate's decisions, the champion\n"
+        "    .venv/bin/retrain explain demo            # what the rule sees now and why\n"
+        "    .venv/bin/retrain rollback demo-detector  # champion back to the previous version\n\n"
+        "Ctrl-C stops it."
     )
     while thread.is_alive():
         thread.join(1)

@@ -23,12 +23,10 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from daemon import __version__, errors, logs, settings
-from daemon.http import app as http_app
 from daemon.launchers import base as launcher_base
 from daemon.model import rules, runs
-from daemon.rules import loading
 from daemon.runtime import launching, recording, serving, specs, supervising, tracking, triggering, wiring, working
-from daemon.sources import drifting, scheduling, webhook
+from daemon.sources import drifting, scheduling
 
 log = logs.get_logger(__name__)
 
@@ -71,14 +69,10 @@ class Reactor:
         )
         self.journal, self.rulebook, self.launcher = parts.journal, parts.rulebook, parts.launcher
         self.supervisor = supervising.SourceSupervisor(config=config, sink=parts.sink, store=parts.store, clock=clock)
-        loaded = self._loaded
+        loaded = parts.rulebook.in_force
+        inputs = specs.RunInputs(config=config, journal=parts.journal, store=parts.store)
         self.launching = launching.Launching(
-            config=config,
-            journal=parts.journal,
-            launcher=parts.launcher,
-            inputs=specs.RunInputs(config=config, journal=parts.journal, store=parts.store),
-            rules=loaded,
-            clock=clock,
+            config=config, journal=parts.journal, launcher=parts.launcher, inputs=inputs, rules=loaded, clock=clock
         )
         recorder = recording.OutcomeRecorder(
             journal=parts.journal,
@@ -94,7 +88,9 @@ class Reactor:
         drift = drifting.DriftChecker(journal=parts.journal, board=parts.board, clock=clock, metrics=parts.mlflow)
         schedules = scheduling.ScheduleSource(journal=parts.journal, board=parts.board, clock=clock)
         self.workers = {
-            name: working.Worker(name=name, work=work, interval_s=interval, on_crash=self._crashed)
+            name: working.Worker(
+                name=name, work=work, interval_s=interval, on_crash=lambda _: parts.metrics.loop_errors.inc()
+            )
             for name, work, interval in (
                 ("launching", self.launching.work, 5.0),
                 ("tracking", self.tracker.work, 1.0 if config.kfp.launcher == "local" else config.kfp.poll_interval_s),
@@ -111,38 +107,14 @@ class Reactor:
             on_intent=self.workers["launching"].wake,
         )
         self.http = serving.HttpServer(
-            config=config.http, context=self._http_context(), webhook_on=bool(config.sources.webhook_token)
+            config=config.http,
+            context=serving.context(config, parts, self.supervisor.locations),
+            webhook_on=bool(config.sources.webhook_token),
         )
-
-    def _http_context(self) -> http_app.Context:
-        parts, token = self.parts, self.config.sources.webhook_token
-        return http_app.Context(
-            journal=parts.journal,
-            rulebook=parts.rulebook,
-            board=parts.board,
-            metrics=parts.metrics,
-            registry=parts.mlflow,
-            receiver=webhook.WebhookReceiver(
-                token=token.get_secret_value() if token else None,
-                max_body_bytes=self.config.sources.webhook_max_body_bytes,
-                sink=parts.sink,
-                locations=self.supervisor.locations,
-            ),
-            api_token=self.config.http.api_token.get_secret_value() if self.config.http.api_token else None,
-            clock=parts.clock,
-            since_last_pass=parts.liveness.since_last_pass,
-            liveness_timeout_s=self.config.http.liveness_timeout_s,
-        )
-
-    def _loaded(self) -> dict[str, loading.LoadedRule]:
-        return self.rulebook.rules
 
     def rule_map(self) -> dict[str, rules.Rule]:
         """The rules in force, by name."""
         return {name: loaded.rule for name, loaded in self.rulebook.rules.items()}
-
-    def _crashed(self, worker: str) -> None:
-        self.parts.metrics.loop_errors.inc()
 
     @property
     def http_port(self) -> int | None:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from daemon.engine import snapshots
-from daemon.model import decisions, durations, ids, rules, state
+from daemon.model import decisions, durations, ids, rules, state, triggers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +50,7 @@ def _clock(moment: datetime) -> str:
 
 
 def _new_labels(
-    rule: rules.Rule, trigger: rules.NewLabelsTrigger, pending: state.PendingData, now: datetime
+    rule: rules.Rule, trigger: triggers.NewLabelsTrigger, pending: state.PendingData, now: datetime
 ) -> _Fire | _Wait:
     if pending.labels == 0:
         return _Wait(code=decisions.SkipCode.NO_NEW_DATA, reason="no new or changed labels")

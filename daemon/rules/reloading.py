@@ -60,6 +60,10 @@ class RuleBook:
         """The rules in force, by name."""
         return dict(self._rules)
 
+    def in_force(self) -> dict[str, loading.LoadedRule]:
+        """The rules in force, by name (for the parts that ask on every pass)."""
+        return dict(self._rules)
+
     @property
     def errors(self) -> list[errors.ConfigError]:
         """Errors that keep some file's latest version (or a duplicate rule) out of force right now."""

@@ -8,12 +8,41 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from daemon import errors, logs, settings
 from daemon.http import app as http_app
+from daemon.runtime import wiring
+from daemon.sources import datasets, webhook
 
 log = logs.get_logger(__name__)
+
+
+def context(
+    config: settings.Settings,
+    parts: wiring.Parts,
+    locations: Callable[[], Mapping[str, datasets.DatasetLocation]],
+) -> http_app.Context:
+    """What the endpoints read and act on, from the daemon's parts (``locations``: the watched datasets)."""
+    token, api_token = config.sources.webhook_token, config.http.api_token
+    return http_app.Context(
+        journal=parts.journal,
+        rulebook=parts.rulebook,
+        board=parts.board,
+        metrics=parts.metrics,
+        registry=parts.mlflow,
+        receiver=webhook.WebhookReceiver(
+            token=token.get_secret_value() if token else None,
+            max_body_bytes=config.sources.webhook_max_body_bytes,
+            sink=parts.sink,
+            locations=locations,
+        ),
+        api_token=api_token.get_secret_value() if api_token else None,
+        clock=parts.clock,
+        since_last_pass=parts.liveness.since_last_pass,
+        liveness_timeout_s=config.http.liveness_timeout_s,
+    )
 
 
 class HttpServer:

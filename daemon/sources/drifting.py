@@ -20,7 +20,7 @@ from typing import Protocol
 from daemon import errors, logs
 from daemon.engine import drift
 from daemon.journal import base as journal_base
-from daemon.model import ids, rules, runs
+from daemon.model import ids, rules, runs, triggers
 from daemon.sources import base
 
 log = logs.get_logger(__name__)
@@ -62,7 +62,7 @@ class DriftChecker:
                 return run.snapshot
         return None
 
-    def class_drift(self, rule: rules.Rule, spec: rules.ClassDriftTrigger, *, now: datetime) -> float | None:
+    def class_drift(self, rule: rules.Rule, spec: triggers.ClassDriftTrigger, *, now: datetime) -> float | None:
         """The divergence between new labels and the champion's training data, or None if unknown."""
         current = dict(self.journal.rule_state(rule, now=now).pending.class_counts)
         snapshot = self.reference_snapshot(rule)
@@ -73,7 +73,7 @@ class DriftChecker:
             return None
         return drift.divergence(spec.statistic, reference, current)
 
-    def metric_drop(self, rule: rules.Rule, spec: rules.MetricDriftTrigger) -> tuple[float, str] | None:
+    def metric_drop(self, rule: rules.Rule, spec: triggers.MetricDriftTrigger) -> tuple[float, str] | None:
         """The champion's validation value minus the live value, with a description, or None."""
         if self.metrics is None:
             return None
@@ -102,7 +102,7 @@ class DriftChecker:
                 recorded += self._check(rule, index, trigger, now=now)
         return recorded
 
-    def _check(self, rule: rules.Rule, index: int, trigger: rules.TriggerSpec, *, now: datetime) -> int:
+    def _check(self, rule: rules.Rule, index: int, trigger: triggers.TriggerSpec, *, now: datetime) -> int:
         try:
             if trigger.class_drift is not None:
                 value = self.class_drift(rule, trigger.class_drift, now=now)

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from daemon import logs
 from daemon.journal import base as journal_base
-from daemon.model import rules
+from daemon.model import rules, triggers
 from daemon.sources import base
 
 log = logs.get_logger(__name__)
@@ -26,7 +26,7 @@ log = logs.get_logger(__name__)
 NAME = "schedules"
 
 #: (rule, trigger index, the trigger), by ``rule#index``.
-Schedules = dict[str, tuple[str, int, rules.ScheduleTrigger]]
+Schedules = dict[str, tuple[str, int, triggers.ScheduleTrigger]]
 
 
 def schedules(rule_map: Mapping[str, rules.Rule]) -> Schedules:

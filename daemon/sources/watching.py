@@ -35,25 +35,14 @@ from watchdog.observers.polling import PollingObserver
 from daemon import errors, logs
 from daemon.engine import labels
 from daemon.model import events
-from daemon.sources import base, datasets, reconciling
+from daemon.sources import base, datasets, folders, reconciling
 
 log = logs.get_logger(__name__)
 
-IGNORED_SUFFIXES = (".part", ".tmp", ".swp", ".crdownload", "~")
 #: Events journaled per transaction by the flusher.
 FLUSH_BATCH = 1000
 #: Largest label file read for class counts.
 MAX_LABEL_BYTES = 1_048_576
-
-
-def ignored(relative: str) -> bool:
-    """Hidden or temporary files, and anything below a hidden folder."""
-    parts = relative.split("/")
-    return any(p.startswith(".") for p in parts) or parts[-1].endswith(IGNORED_SUFFIXES)
-
-
-def _version(stat: os.stat_result) -> str:
-    return events.version_of(etag=None, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
 
 
 class _OverflowAlarm(logging.Handler):
@@ -123,7 +112,7 @@ class FolderSource(FileSystemEventHandler):
             rel = Path(text).relative_to(self.root).as_posix()
         except ValueError:
             return None
-        if rel in ("", ".") or ignored(rel):
+        if rel in ("", ".") or folders.ignored(rel):
             return None
         return rel
 
@@ -145,7 +134,7 @@ class FolderSource(FileSystemEventHandler):
             key=rel,
             kind=events.ChangeKind.CREATED,
             item=item,
-            version=_version(stat),
+            version=folders.version_of(stat),
             size=stat.st_size,
             time=datetime.fromtimestamp(stat.st_mtime, tz=UTC),
             class_counts=counts,
@@ -167,7 +156,7 @@ class FolderSource(FileSystemEventHandler):
         if rel is None or self.location.classify(rel) is events.ItemKind.OTHER:
             return
         try:
-            version = _version((self.root / rel).stat())
+            version = folders.version_of((self.root / rel).stat())
         except OSError:
             return
         with self._settling_lock:
@@ -225,7 +214,7 @@ class FolderSource(FileSystemEventHandler):
             candidates = [(rel, v) for rel, (v, since) in self._settling.items() if now - since >= self.settle_s]
         for rel, version in candidates:
             try:
-                current = _version((self.root / rel).stat())
+                current = folders.version_of((self.root / rel).stat())
             except OSError:
                 with self._settling_lock:
                     self._settling.pop(rel, None)
@@ -258,32 +247,6 @@ class FolderSource(FileSystemEventHandler):
                 return delivered
             delivered += len(batch)
 
-    def _walk(self) -> tuple[list[reconciling.Listed], set[str]]:
-        """Complete files in key order, and the keys of files too young to judge (maybe still written)."""
-        found: list[reconciling.Listed] = []
-        young: set[str] = set()
-        horizon = time.time() - self.settle_s
-        for directory, folders, files in os.walk(self.root):
-            folders[:] = [f for f in folders if not f.startswith(".")]
-            for name in files:
-                path = Path(directory) / name
-                rel = path.relative_to(self.root).as_posix()
-                if ignored(rel):
-                    continue
-                item = self.location.classify(rel)
-                if item is events.ItemKind.OTHER:
-                    continue
-                try:
-                    stat = path.stat()
-                except OSError:
-                    continue
-                if stat.st_mtime > horizon:
-                    young.add(rel)  # the close event or the next rescan counts it
-                    continue
-                found.append(reconciling.Listed(key=rel, version=_version(stat), size=stat.st_size, item=item))
-        found.sort(key=lambda listed: listed.key)
-        return found, young
-
     def rescan(self) -> reconciling.ReconcileResult:
         """Reconcile the folder with the journal's inventory (start-up, periodic, after an overflow).
 
@@ -298,7 +261,7 @@ class FolderSource(FileSystemEventHandler):
                 "marked deleted"
             )
         self.flush()
-        listing, young = self._walk()
+        listing, young = folders.walk(self.root, self.location, young_after=time.time() - self.settle_s)
         self._young_seen = bool(young)  # files still being written: look again once they settle
         # Young files are neither new nor gone: leave them out of both sides of the comparison.
         known = (i for i in self.sink.journal.inventory(self.location.name) if i.key not in young)

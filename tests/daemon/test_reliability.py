@@ -21,7 +21,7 @@ from daemon import reactor, settings
 from daemon.journal import sqlite
 from daemon.launchers import local
 from daemon.model import ids, runs
-from daemon.sources import base, datasets, watching
+from daemon.sources import base, datasets, folders, watching
 from tests.support import apps, services, silent, volumes
 from tests.support.minio import TOKEN, body_for
 from tests.support.processes import Daemon, count, run_cli
@@ -110,7 +110,7 @@ def test_any_byte_name_is_journaled_losslessly_or_refused_and_counted(tmp_path: 
     valid = {
         f"labels/{n.decode()}" for n in allowed if _utf8(n) and "~" not in n.decode() and not n.endswith(b".part.txt")
     }
-    expected_valid = {k for k in valid if not watching.ignored(k)}
+    expected_valid = {k for k in valid if not folders.ignored(k)}
     assert keys == expected_valid
     assert board.get(source.name).rejected == len([n for n in allowed if not _utf8(n)])
 
