@@ -20,6 +20,7 @@ from pipelines import arguments, graph
 from tests.support import services, silent
 from tests.support.kfp_standin import KfpStandIn
 from tests.support.sim import Simulation, label
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -236,10 +237,15 @@ def test_the_daemon_runs_on_kfp_and_reads_the_outcome_from_mlflow(
         assert [e["event"] for e in captured].count("run_poll_failed") == 1
         standin.unavailable = False
         standin.set_state(run["run_id"], "SUCCEEDED")
-        time.sleep(1.2)
-        daemon.tracker.work()
+
+        def recorded_once_the_backoff_passed() -> bool:
+            daemon.tracker.work()  # a pass inside the backoff polls nothing
+            found = daemon.journal.get_run(ids.RunKey(run_key))
+            return found is not None and found.state is runs.RunState.SUCCEEDED
+
+        wait_until(recorded_once_the_backoff_passed, 30, "the run to be recorded after the backoff")
         recorded = daemon.journal.get_run(ids.RunKey(run_key))
-        assert recorded is not None and recorded.state is runs.RunState.SUCCEEDED
+        assert recorded is not None
         assert recorded.backend == "kfp" and recorded.backend_run_id == run["run_id"]
         [promotion] = daemon.journal.promotions("kfp-detector")
         assert (promotion.kind, promotion.version, promotion.metrics["map50_95"]) == ("promoted", "1", 0.31)

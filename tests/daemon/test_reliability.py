@@ -26,7 +26,7 @@ from tests.support import apps, services, silent, volumes
 from tests.support.minio import TOKEN, body_for
 from tests.support.processes import Daemon, count, run_cli
 from tests.support.sim import T0
-from tests.support.waiting import wait_until
+from tests.support.waiting import stays, wait_until
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -233,8 +233,11 @@ def test_a_hot_reloaded_dataset_source_is_watched_at_its_new_location(daemon: Da
     labels(new / "labels", ["f.txt"])  # the new folder is the one watched now
     labels(old / "labels", ["z.txt"])  # and the old one no longer
     wait_until(lambda: count(daemon, lambda j: len(list(j.inventory("shelves")))) == 4, 30, "f.txt")
-    time.sleep(1)
-    assert "labels/z.txt" not in count(daemon, lambda j: [i.key for i in j.inventory("shelves")])  # type: ignore[operator]
+    stays(
+        lambda: "labels/z.txt" not in count(daemon, lambda j: [i.key for i in j.inventory("shelves")]),  # type: ignore[operator]
+        2,
+        "the old folder unwatched",
+    )
     status = count(daemon, lambda j: j.dataset_status("shelves"))  # type: ignore[arg-type, return-value]
     assert status.source == f"file://{new}" and status.problem is None  # type: ignore[attr-defined]
     assert daemon.terminate() == 0

@@ -8,7 +8,6 @@ import json
 import shutil
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -126,7 +125,7 @@ def test_healthz_fails_while_the_loop_is_stuck_and_recovers(live: Live) -> None:
     assert live.get("/healthz").json()["status"] == "ok"
     # The loop's next journal call blocks behind this lock, as it would behind a hung disk.
     with live.daemon.journal.database.lock:
-        time.sleep(1.6)
+        wait_until(lambda: live.get("/healthz").status_code == 503, 30, "liveness to report the stuck loop")
         stuck = live.get("/healthz")
     assert stuck.status_code == 503
     assert stuck.json()["status"] == "stalled"
