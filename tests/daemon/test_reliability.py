@@ -28,7 +28,7 @@ from tests.support.processes import Daemon, count, run_cli
 from tests.support.sim import T0
 from tests.support.waiting import stays, wait_until
 
-pytestmark = [pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]  # the fault classes (README: Fault injection)
 
 FOLDER_RULE = """name: shelves
 dataset: {{source: "file://{data}"}}

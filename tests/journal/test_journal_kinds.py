@@ -22,6 +22,7 @@ from tests.support.sim import T0, Simulation, label, make_rule
 M = timedelta(minutes=1)
 
 
+@pytest.mark.faults
 def test_a_full_disk_refuses_the_batch_whole_and_is_reported_until_space_returns(tmp_path: Path) -> None:
     with volumes.tmpfs(tmp_path / "vol", size="8m") as vol:
         journal = sqlite.SqliteJournal(vol / "journal.db", min_free_bytes=64 * 1024)
@@ -43,6 +44,7 @@ def test_a_full_disk_refuses_the_batch_whole_and_is_reported_until_space_returns
             journal.close()
 
 
+@pytest.mark.faults
 def test_a_journal_on_a_read_only_volume_is_refused_with_the_cause(tmp_path: Path) -> None:
     """A journal volume mounted read-only (a ReadOnlyMany claim, ``readOnly: true``): a clear error at open."""
     with volumes.tmpfs(tmp_path / "vol", size="4m") as vol:
@@ -72,6 +74,7 @@ def test_a_constraint_violation_is_a_bug_not_a_busy_database(tmp_path: Path) -> 
         journal.close()
 
 
+@pytest.mark.faults
 def test_another_writer_holding_the_lock_is_temporary(tmp_path: Path) -> None:
     path = tmp_path / "journal.db"
     journal = sqlite.SqliteJournal(path, busy_timeout_s=0.2)
