@@ -110,3 +110,23 @@ def test_unknown_rule(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "no valid rule 'nope'" in result.stderr
+
+
+def all_tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every task of the IR: the root DAG's and those inside components' DAGs (the ParallelFor body)."""
+    found = dict(spec["root"]["dag"]["tasks"])
+    for name, component in spec["components"].items():
+        for task_name, task in component.get("dag", {}).get("tasks", {}).items():
+            found[f"{name}/{task_name}"] = task
+    return found
+
+
+def test_every_task_compiles_with_caching_off(tmp_path: Path) -> None:
+    """KFP caches by default and ignores a client's enable_caching for runs of an uploaded pipeline version:
+    the IR itself must say no, on every task (a cached training or promotion would skip real work)."""
+    spec, _platform = compile_pipeline(tmp_path, "--rule", "traffic-weekly")
+    tasks = all_tasks(spec)
+    assert any("/" in name for name in tasks), "the tuned rule's fan-out tasks are inside a component DAG"
+    assert len(tasks) >= 8
+    for name, task in tasks.items():
+        assert task.get("cachingOptions", {}).get("enableCache", False) is False, name
