@@ -189,6 +189,16 @@ def _enter(spec: dict[str, Any]) -> None:
         passwd = staging / "passwd"
         passwd.write_text(Path("/etc/passwd").read_text() + spec["passwd"] + "\n")
         _mount("--bind", str(passwd), "/etc/passwd")
+    # The image's own files (the interpreter, the project) sit outside the pod's volumes in a real image; here
+    # a checkout under /tmp would vanish behind the pod's /tmp. Park them, and put them back over the volumes.
+    targets = [Path(m.target) for m in mounts]
+    image_files: dict[str, str] = {}
+    for index, raw in enumerate(spec["expose"]):
+        if any(Path(raw).is_relative_to(target) for target in targets):
+            place = staging / f"image{index}"
+            place.mkdir()
+            _mount("--bind", raw, str(place))
+            image_files[raw] = str(place)
     # Park every volume first: a volume mounted over /tmp must not hide the source of the next one.
     parked: dict[int, str] = {}
     for index, mount in enumerate(mounts):
@@ -207,6 +217,10 @@ def _enter(spec: dict[str, Any]) -> None:
             _mount("--bind", parked[index], mount.target)
             if mount.read_only:
                 _mount("-o", "remount,bind,ro", mount.target)
+    for raw, place in image_files.items():
+        Path(raw).mkdir(parents=True, exist_ok=True)
+        _mount("--bind", place, raw)
+        _mount("-o", "remount,bind,ro", raw)  # files of the image: read-only, as its layers are
     os.setgroups(spec["groups"])
     os.setgid(spec["gid"])
     os.setuid(spec["uid"])
