@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -62,6 +63,23 @@ def _wants_json(config: settings_mod.LoggingSettings, stream: TextIO) -> bool:
     return config.format == "json"
 
 
+class _LineWriter:
+    """structlog's output: each line written whole, in one call, under the lock of the standard library's
+    handler on the same stream. (structlog's PrintLogger writes a line and its newline in two calls under a
+    lock of its own, so a library's line from another thread could land between them: broken JSON lines.)"""
+
+    def __init__(self, stream: TextIO, lock: threading.RLock) -> None:
+        self._stream = stream
+        self._lock = lock
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            self._stream.write(message + "\n")
+            self._stream.flush()
+
+    log = debug = info = warn = warning = err = error = critical = fatal = exception = failure = msg
+
+
 def configure(config: settings_mod.LoggingSettings, *, stream: TextIO | None = None) -> None:
     """Configure structlog and the standard library's logging for this process.
 
@@ -88,16 +106,18 @@ def configure(config: settings_mod.LoggingSettings, *, stream: TextIO | None = N
         shared += [structlog.processors.format_exc_info, redact_uris]
         renderer = structlog.dev.ConsoleRenderer(colors=False)
 
+    # Libraries log through the standard library: send them through the same renderer, quieter by one step
+    # so that kfp's and mlflow's chatter does not drown the daemon's own lines. One lock for both writers.
+    handler = logging.StreamHandler(out)
+    lock = threading.RLock()
+    handler.lock = lock
+    writer = _LineWriter(out, lock)
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=lambda *args: writer,
         cache_logger_on_first_use=False,
     )
-
-    # Libraries log through the standard library: send them through the same renderer, quieter by one step
-    # so that kfp's and mlflow's chatter does not drown the daemon's own lines.
-    handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],

@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
+import threading
+from pathlib import Path
 
 import structlog
 from structlog.testing import capture_logs
@@ -82,3 +85,44 @@ def test_capture_logs_works_for_assertions() -> None:
         logs.get_logger("t").info("rule_file_rejected", file="rules/x.yaml")
     assert captured == [{"event": "rule_file_rejected", "file": "rules/x.yaml", "log_level": "info", "module": "t"}]
     structlog.reset_defaults()
+
+
+def test_lines_from_the_daemon_and_from_libraries_never_interleave(tmp_path: Path) -> None:
+    """The daemon's own lines (structlog) and libraries' lines (logging, e.g. watchdog's overflow warning on
+    its observer thread) share one stream: each line must land whole, or a log reader (and the fault test
+    that looks for ``folder_rescan_after_overflow`` right after watchdog's warning) gets broken JSON."""
+    path = tmp_path / "daemon.log"
+    lines_each = 3000
+    pad = "x" * 9000  # longer than the stream's buffer: every line reaches the OS, where threads switch
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as a loaded 2-core machine might
+    with path.open("w", encoding="utf-8") as out:
+        logs.configure(settings.LoggingSettings(format="json"), stream=out)
+        start = threading.Barrier(2)
+
+        def own() -> None:
+            start.wait()
+            for i in range(lines_each):
+                logs.get_logger("daemon.sources.watching").warning("folder_rescan_after_overflow", n=i, pad=pad)
+
+        def library() -> None:
+            start.wait()
+            for i in range(lines_each):
+                logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed %d %s", i, pad)
+
+        threads = [threading.Thread(target=own), threading.Thread(target=library)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    sys.setswitchinterval(interval)
+    broken = []
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(json.loads(line)["event"])
+        except ValueError:
+            broken.append(line)
+    assert broken == [], f"{len(broken)} broken lines, e.g. {broken[:1]}"
+    assert events.count("folder_rescan_after_overflow") == lines_each
+    assert sum(e.startswith("Inotify queue overflowed") for e in events) == lines_each
