@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -168,3 +170,25 @@ def test_a_dataset_problem_stops_its_rules_until_cleared() -> None:
     sim.journal.set_dataset_status("pets", source="s3://datasets/pets/", problem=None, at=T0)
     assert isinstance(sim.step(), decisions.Launch)
     assert runs.RunState.INTENDED  # the launch was journaled as an intent
+
+
+@pytest.mark.faults
+def test_processes_opening_a_new_journal_at_once_migrate_it_once(tmp_path: Path) -> None:
+    """The daemon and a command (`retrain trigger`, `status`) may open a journal that is not migrated yet at
+    the same moment: each migration must re-read the schema version under the write lock, or the second
+    opener applies 0002 again ("duplicate column name: source", seen in CI)."""
+    script = (
+        "import sys\n"
+        "from daemon.journal.sqlite import database\n"
+        "database.Database(sys.argv[1], busy_timeout_s=30).db.close()\n"
+    )
+    for attempt in range(6):
+        path = tmp_path / f"journal-{attempt}.db"
+        openers = [
+            subprocess.Popen([sys.executable, "-c", script, str(path)], stderr=subprocess.PIPE, text=True)
+            for _ in range(6)
+        ]
+        failures = [err for p in openers if (err := p.communicate(timeout=120)[1]) and p.returncode != 0]
+        assert failures == [], failures[0][-600:]
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == database.migrations()[-1][0]

@@ -122,6 +122,10 @@ class Database:
             if number <= version:
                 continue
             with self.transaction(f"applying schema {name}") as db:
+                # Another process (the daemon, a `retrain` command) may have applied it since the version was
+                # read: under the write lock now, look again.
+                if int(db.execute("PRAGMA user_version").fetchone()[0]) >= number:
+                    continue
                 for statement in statements(sql):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number}")
