@@ -45,7 +45,7 @@ lint: install
 	$(BIN)/lint-imports --no-cache
 
 # Fault injection kills the daemon FAULT_ITERATIONS times per boundary: CI runs the full 20 (the whole suite
-# took about 31 minutes on this 2-core machine); `make test FAULT_ITERATIONS=3` for a quicker local pass.
+# took 30 minutes on this 2-core machine, install included); `make test FAULT_ITERATIONS=3` for a quicker local pass.
 FAULT_ITERATIONS ?= 20
 test: lint
 	FAULT_ITERATIONS=$(FAULT_ITERATIONS) $(BIN)/pytest
