@@ -40,8 +40,10 @@ _FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
     ("month", 1, 12, _MONTHS),
     ("day of week", 0, 7, _WEEKDAYS),
 )
-#: How far ahead ``next_after`` looks before deciding an expression never fires (Feb 29 needs 4+ years).
-_HORIZON_DAYS = 366 * 8 + 2
+#: How far ahead ``next_after`` looks before deciding an expression never fires: the Gregorian calendar, weekdays
+#: included, repeats every 400 years, so a day no 400-year span holds never comes (``0 0 31 2 *``). Shorter
+#: horizons are wrong: Tuesday 1 September is 11 years apart, Sunday 29 February up to 40 (2100 is no leap year).
+_HORIZON_YEARS = 400
 
 
 def _value(token: str, low: int, high: int, names: dict[str, int], field: str) -> int:
@@ -139,7 +141,13 @@ class CronExpression:
             raise ValueError("next_after needs an aware datetime")
         local = after.astimezone(tz).replace(tzinfo=None, second=0, microsecond=0)
         day = local.date()
-        for _ in range(_HORIZON_DAYS):
+        if day.year + _HORIZON_YEARS > date.max.year:
+            return None
+        end = day.replace(year=day.year + _HORIZON_YEARS, day=1)
+        while day <= end:
+            if day.month not in self.months:  # a month that never matches: go to the next one at once
+                day = date(day.year + day.month // 12, day.month % 12 + 1, 1)
+                continue
             if self._day_matches(day):
                 for hour in sorted(self.hours):
                     for minute in sorted(self.minutes):

@@ -34,6 +34,12 @@ def at(text: str) -> datetime:
         # Day of month and day of week both restricted: either matches (cron(5)).
         ("0 12 1 * 0", "2026-11-23T00:00", "2026-11-29T12:00"),
         ("0 12 25 * 3", "2026-11-23T00:00", "2026-11-25T12:00"),
+        # Far slots (found by the cron oracle: an 8-year search gave up on the first): Tuesday the 1st of
+        # September (day of month */7 starts with *, so both must match) is 11 years away; Sunday 29
+        # February 27 years, and 38 across 2100, which is not a leap year.
+        ("* * */7 9 2", "2027-01-01T00:00", "2037-09-01T00:00"),
+        ("0 0 29 2 */7", "2033-01-01T00:00", "2060-02-29T00:00"),
+        ("0 0 29 2 */7", "2090-01-01T00:00", "2128-02-29T00:00"),
     ],
 )
 def test_next_slot(expression: str, after: str, expected: str) -> None:

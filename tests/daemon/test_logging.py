@@ -95,27 +95,15 @@ def test_lines_from_the_daemon_and_from_libraries_never_interleave(tmp_path: Pat
     lines_each = 3000
     pad = "x" * 9000  # longer than the stream's buffer: every line reaches the OS, where threads switch
     interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as a loaded 2-core machine might
     with path.open("w", encoding="utf-8") as out:
         logs.configure(settings.LoggingSettings(format="json"), stream=out)
-        start = threading.Barrier(2)
-
-        def own() -> None:
-            start.wait()
-            for i in range(lines_each):
-                logs.get_logger("daemon.sources.watching").warning("folder_rescan_after_overflow", n=i, pad=pad)
-
-        def library() -> None:
-            start.wait()
-            for i in range(lines_each):
-                logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed %d %s", i, pad)
-
-        threads = [threading.Thread(target=own), threading.Thread(target=library)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-    sys.setswitchinterval(interval)
+        try:
+            sys.setswitchinterval(1e-6)  # switch threads as often as a loaded 2-core machine might
+            interleave(lines_each, pad)
+        finally:
+            sys.setswitchinterval(interval)
+            # Later tests log through the global configuration: never leave it on a file about to be closed.
+            logs.configure(settings.LoggingSettings(), stream=io.StringIO())
     broken = []
     events = []
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -126,3 +114,24 @@ def test_lines_from_the_daemon_and_from_libraries_never_interleave(tmp_path: Pat
     assert broken == [], f"{len(broken)} broken lines, e.g. {broken[:1]}"
     assert events.count("folder_rescan_after_overflow") == lines_each
     assert sum(e.startswith("Inotify queue overflowed") for e in events) == lines_each
+
+
+def interleave(lines_each: int, pad: str) -> None:
+    """Two threads logging at once: the daemon's own lines and a library's, ``lines_each`` each."""
+    start = threading.Barrier(2)
+
+    def own() -> None:
+        start.wait()
+        for i in range(lines_each):
+            logs.get_logger("daemon.sources.watching").warning("folder_rescan_after_overflow", n=i, pad=pad)
+
+    def library() -> None:
+        start.wait()
+        for i in range(lines_each):
+            logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed %d %s", i, pad)
+
+    threads = [threading.Thread(target=own), threading.Thread(target=library)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
