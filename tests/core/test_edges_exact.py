@@ -197,3 +197,12 @@ def test_a_bad_line_does_not_hide_the_boxes_after_it() -> None:
         "0": 2,
         "1": 1,
     }
+
+
+def test_the_search_stops_where_dates_end() -> None:
+    """400 years ahead is the horizon; a start whose horizon would pass year 9999 answers None, one that just
+    fits still finds its slot."""
+    daily = CronExpression.parse("0 0 * * *")
+    utc = ZoneInfo("UTC")
+    assert daily.next_after(datetime(9599, 1, 1, tzinfo=UTC), utc) == datetime(9599, 1, 2, tzinfo=UTC)
+    assert daily.next_after(datetime(9700, 1, 1, tzinfo=UTC), utc) is None
