@@ -16,15 +16,22 @@ name characters before they are quoted into ``search_model_versions`` filters.
 
 MLflow is imported on first use, not when the daemon starts (its import costs tens of megabytes), and its
 HTTP retries and timeout are set once by :func:`configure`.
+
+A local ``sqlite:///`` store (the laptop default) is created whole or not at all (:func:`prepare_local_store`):
+MLflow creates and migrates a new store in dozens of steps, and a process killed among them left a file
+that no later open accepted.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from daemon import errors, redaction, settings
@@ -40,6 +47,13 @@ _INVALID = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE",
 _UNAUTHORIZED = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "CUSTOMER_UNAUTHORIZED"})
 #: What may stand inside a quoted filter value: MLflow model names and the daemon's run keys.
 _FILTER_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,255}$")
+_SQLITE = "sqlite:///"
+#: A store being created is built under this name beside the store; one left by a killed process is removed
+#: once it is this old (no creation takes that long).
+_SCRATCH = ".{name}.creating-"
+_SCRATCH_STALE_S = 600.0
+#: What a SQLite store that was left half-created answers when opened.
+_HALF_CREATED = re.compile(r"table \w+ already exists")
 
 
 def configure(config: settings.MlflowSettings) -> None:
@@ -49,6 +63,67 @@ def configure(config: settings.MlflowSettings) -> None:
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(config.max_retries)
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(config.request_timeout_s)))
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+
+
+def local_store(tracking_uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` tracking URI (None for a server, or an in-memory database)."""
+    if not tracking_uri.startswith(_SQLITE):
+        return None
+    path = tracking_uri[len(_SQLITE) :].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def prepare_local_store(tracking_uri: str) -> None:
+    """Create a missing ``sqlite:///`` store atomically: MLflow builds it in a scratch file beside it, which is
+    then hard-linked to the store's name (a link, unlike a rename, never replaces a store that another
+    process created meanwhile). A process killed at any moment leaves no store, or a complete one."""
+    path = local_store(tracking_uri)
+    if path is None or path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = _SCRATCH.format(name=path.name)
+    for stale in path.parent.glob(f"{prefix}*"):
+        try:
+            if time.time() - stale.stat().st_mtime > _SCRATCH_STALE_S:
+                stale.unlink()
+        except OSError:
+            continue  # another process removed it
+    scratch = path.with_name(f"{prefix}{os.getpid()}-{threading.get_ident()}")
+    leftovers = [scratch, scratch.with_name(f"{scratch.name}-journal")]
+    for file in leftovers:
+        file.unlink(missing_ok=True)
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        # The artifact root MLflow's client gives a local store ("./mlruns", from where the process runs).
+        store = SqlAlchemyStore(f"{_SQLITE}{scratch.absolute()}", "./mlruns")  # type: ignore[no-untyped-call]
+        store.engine.dispose()
+        descriptor = os.open(scratch, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        try:
+            os.link(scratch, path)
+        except FileExistsError:
+            return  # another process created it first: one complete store is as good as another
+        descriptor = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    finally:
+        for file in leftovers:
+            file.unlink(missing_ok=True)
+
+
+def use_globally(tracking_uri: str) -> None:
+    """Point MLflow's module-level API (``mlflow.start_run``, ``register_model``, artifact downloads) at
+    ``tracking_uri``, creating a local store first as :func:`prepare_local_store` does."""
+    import mlflow
+
+    prepare_local_store(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
 
 
 def quoted(value: str, *, what: str) -> str:
@@ -65,6 +140,12 @@ def translate(exc: Exception, *, endpoint: str, doing: str) -> errors.RetrainErr
     code = str(getattr(exc, "error_code", "") or "")
     detail = f"{doing}: {errors.truncate(str(exc))}"
     where = redaction.redact(endpoint)
+    store = local_store(endpoint)
+    if store is not None and _HALF_CREATED.search(str(exc)):
+        detail = (  # the endpoint names the file
+            f"{doing}: the store is half-created (a process was killed while MLflow built it); it holds no "
+            f"runs: move it aside and restart ({str(exc).splitlines()[0]})"
+        )
     if code in _NOT_FOUND:
         return errors.NotFound(f"MLflow at {where}: {detail}")
     if code in _INVALID:
@@ -103,6 +184,10 @@ class Mlflow:
         if self._client is None:
             with self.calling("opening the tracking store"):
                 from mlflow.tracking import MlflowClient
+
+                prepare_local_store(self.tracking_uri)
+                if self.registry_uri is not None:
+                    prepare_local_store(self.registry_uri)
 
                 self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
         return self._client

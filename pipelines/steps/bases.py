@@ -54,7 +54,7 @@ def _registered(uri: str, target: Path, *, tracking_uri: str) -> bool:
     name, _, ref = uri.removeprefix("models:/").partition("@")
     if ref and registry.Mlflow(tracking_uri=tracking_uri).champion(name) is None and ref == "champion":
         return False
-    mlflow.set_tracking_uri(tracking_uri)
+    registry.use_globally(tracking_uri)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target.parent / "registered")))
     weights = sorted(local.rglob("*.pt"))
     if not weights:

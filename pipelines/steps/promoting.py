@@ -86,7 +86,7 @@ def evaluate_and_promote(
     """Evaluate, gate, register (once per run key) and maybe promote. Returns the gate's outcome."""
     import mlflow
 
-    mlflow.set_tracking_uri(registry_.tracking_uri)  # artifact downloads and register_model use the global URI
+    registry.use_globally(registry_.tracking_uri)  # artifact downloads and register_model use the global URI
     registered = registry_.versions(registered_name, **{tags.RUN_KEY: run_key})
     if registered:
         done = _already_done(registry_, registered_name, registered[-1])

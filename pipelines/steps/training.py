@@ -105,7 +105,7 @@ def train_tracked(
     from ultralytics import settings as yolo_settings
 
     yolo_settings.update({"mlflow": False})  # our own callback logs, once, with MLflow-safe names
-    mlflow.set_tracking_uri(tracking_uri)
+    registry.use_globally(tracking_uri)
     experiment_id = mlflow.set_experiment(experiment).experiment_id
     previous = run_of(tracking_uri, experiment_id, run_key)
     if previous is not None and previous.info.status == "FINISHED" and MODEL_URI_TAG in previous.data.tags:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -151,6 +152,43 @@ def test_mlflow_errors_are_mapped_once_and_names_never_reach_a_filter_unchecked(
             dead.champion(name)
     finally:
         del os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+
+
+def test_a_half_created_local_store_is_named_with_its_remedy_and_a_missing_one_is_created_whole(
+    tmp_path: Path,
+) -> None:
+    """A store left half-created by an older version (some of MLflow's tables, not all) is reported as what it
+    is, naming the file and what to do; once moved aside, the next call creates a complete store, and no
+    scratch file is left behind."""
+    import sqlite3
+
+    from daemon import errors
+    from daemon.registry import mlflow as registry
+
+    store = tmp_path / "mlflow.db"
+    with sqlite3.connect(store) as db:
+        db.execute("CREATE TABLE webhooks (webhook_id VARCHAR(256))")  # a table of a later migration
+    db.close()
+    uri = f"sqlite:///{store}"
+    with pytest.raises(errors.ServiceUnavailable, match=rf"{store} .*half-created.*move it aside and restart"):
+        registry.Mlflow(tracking_uri=uri).champion("shelves-detector")
+    store.rename(tmp_path / "aside.db")
+    opened = subprocess.run(  # a new process: MLflow keeps its database engines for the life of this one
+        [
+            sys.executable,
+            "-c",
+            f"from daemon.registry import mlflow as r; print(r.Mlflow(tracking_uri={uri!r}).champion('x'))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert opened.returncode == 0 and opened.stdout.strip() == "None", opened.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aside.db", "mlflow.db"]
+    assert registry.local_store("http://mlflow:5000") is None
+    assert registry.local_store("sqlite:///:memory:") is None
+    assert registry.local_store("sqlite:///rel/m.db?timeout=5") == Path("rel/m.db")
 
 
 def _free_port() -> int:

@@ -14,6 +14,8 @@ import os
 import random
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -129,7 +131,9 @@ def test_killed_between_receiving_and_journaling_events(faulty: FaultyDaemon) ->
             time.sleep(rng.uniform(0, 0.3))
         faulty.end("event_received", within_s=10.0)
     faulty.start_armed(None)
-    wait_until(lambda: count(faulty, lambda j: j.event_count()) >= written, 120, f"{written} events")
+    wait_until(
+        lambda: count(faulty, lambda j: j.event_count()) >= written, 120, f"{written} events", explain=faulty.explain
+    )
     stays(lambda: count(faulty, lambda j: j.event_count()) == written, 2, "no event journaled twice")
     journaled = count(faulty, lambda j: j.event_count())
     assert faulty.terminate() == 0
@@ -221,6 +225,7 @@ def test_killed_around_the_launch(faulty: FaultyDaemon, boundary: str) -> None:
             ),
             120,
             f"run {recorded} to be recorded",
+            explain=faulty.explain,
         )
         faulty.kill()
     faulty.start_armed(None)
@@ -228,6 +233,7 @@ def test_killed_around_the_launch(faulty: FaultyDaemon, boundary: str) -> None:
         lambda: count(faulty, lambda j: sum(r.state.final for r in j.runs(limit=1000))) == ITERATIONS,
         600,
         "every run to end",
+        explain=faulty.explain,
     )
     assert faulty.terminate() == 0
     started = launches(faulty)
@@ -274,9 +280,9 @@ def test_killed_between_a_finished_run_and_its_record(
     else:
         synthetic.generate(data, count=8, seed=5)
         faulty.start_armed("promotion_done@1")  # inherited by the pipeline's promotion step
-        wait_until(lambda: any(faulty.tmp.glob("runs/*/pid.json")), 120, "the run to start")
+        wait_until(lambda: any(faulty.tmp.glob("runs/*/pid.json")), 120, "the run to start", explain=faulty.explain)
         faulty.kill()  # the daemon goes first; the pipeline trains on and its promotion step dies after the move
-        wait_until(lambda: _children_gone(faulty), 600, "the pipeline's end")
+        wait_until(lambda: _children_gone(faulty), 600, "the pipeline's end", explain=faulty.explain)
         [outcome] = faulty.tmp.glob("runs/*/outcome.json")
         assert json.loads(outcome.read_text())["state"] == "failed"  # the step died: no decision reported
     assert faulty.fired(boundary) == 1  # the kill point was reached, in the daemon or in the pipeline's step
@@ -323,6 +329,48 @@ def _children_gone(faulty: FaultyDaemon) -> bool:
     return True
 
 
+OPEN_STORE = """
+import sys
+from daemon.registry import mlflow as registry
+registry.Mlflow(tracking_uri=sys.argv[1]).registered_by("faults-detector", "any-run")
+"""
+
+
+def test_killed_while_creating_the_local_mlflow_store(tmp_path: Path) -> None:
+    """On a laptop the registry is a SQLite file that MLflow creates, and migrates in many steps, on first use.
+    A process killed in the middle (the daemon, a pipeline step) once left a half-created file that every
+    later open refused ("table ... already exists"), reported as "MLflow unavailable" for ever: every run's
+    outcome stayed pending (CI caught it in the launch test). 20 times, a process opening a new store is
+    killed at a random moment after the store's first file appears; each time the next open works."""
+    from daemon.registry import mlflow as registry
+
+    rng = random.Random(SEED + 7)
+    killed_while_creating = 0
+    for index in range(ITERATIONS):
+        folder = tmp_path / f"store-{index}"
+        folder.mkdir()
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        opener = subprocess.Popen([sys.executable, "-c", OPEN_STORE, uri], cwd=folder, stderr=subprocess.DEVNULL)
+        started = lambda folder=folder, opener=opener: any(folder.iterdir()) or opener.poll() is not None  # noqa: E731
+        wait_until(started, 120, "the store's first file")  # type: ignore[misc]
+        time.sleep(rng.uniform(0.0, 0.6))
+        if opener.poll() is None:
+            opener.kill()
+            killed_while_creating += 1
+        opener.wait(30)
+        try:
+            assert registry.Mlflow(tracking_uri=uri).registered_by("faults-detector", "any-run") is None
+        except Exception as exc:
+            raise AssertionError(
+                f"iteration {index}: the store left by the killed process cannot be opened: {exc}"
+            ) from exc
+    assert killed_while_creating >= ITERATIONS // 2, "the kills missed the creation: the test proves nothing"
+    print(
+        f"\n[faults] mlflow store: {ITERATIONS} iterations (seed {SEED}): "
+        f"{killed_while_creating} killed while creating, every next open worked"
+    )
+
+
 # --- services failing under the daemon -------------------------------------------------------------------
 def test_s3_down_for_30_seconds_mid_stream(faulty: FaultyDaemon) -> None:
     """Uploads stream in, the S3 server stops for 30 s, comes back, uploads go on: the daemon stays alive,
@@ -354,7 +402,12 @@ def test_s3_down_for_30_seconds_mid_stream(faulty: FaultyDaemon) -> None:
                 time.sleep(0.05)
 
         upload(0, 40)
-        wait_until(lambda: count(faulty, lambda j: j.event_count()) == 40, 60, "40 events before the outage")
+        wait_until(
+            lambda: count(faulty, lambda j: j.event_count()) == 40,
+            60,
+            "40 events before the outage",
+            explain=faulty.explain,
+        )
         server.stop()
         down_at = time.monotonic()
         unready = alive = 0
@@ -369,7 +422,12 @@ def test_s3_down_for_30_seconds_mid_stream(faulty: FaultyDaemon) -> None:
         assert unready > 0 and alive >= 25
         server.start()
         upload(40, 80)
-        wait_until(lambda: count(faulty, lambda j: j.event_count()) == 80, 120, "80 events after the outage")
+        wait_until(
+            lambda: count(faulty, lambda j: j.event_count()) == 80,
+            120,
+            "80 events after the outage",
+            explain=faulty.explain,
+        )
         wait_until(lambda: httpx.get(f"{base}/readyz", timeout=5).status_code == 200, 60, "readiness again")
         stays(lambda: count(faulty, lambda j: j.event_count()) == 80, 2, "no object journaled twice")
         journaled = count(faulty, lambda j: j.event_count())
@@ -396,23 +454,33 @@ def test_mlflow_down_during_promotion(
         faulty.env.update(RETRAIN_MLFLOW__TRACKING_URI=mlflow.url, RETRAIN_MLFLOW__MAX_RETRIES="1")
         faulty.start_armed(None)
         base = f"http://127.0.0.1:{faulty.port()}"
-        wait_until(lambda: any(faulty.tmp.glob("runs/*/log.txt")), 120, "the run")
+        wait_until(lambda: any(faulty.tmp.glob("runs/*/log.txt")), 120, "the run", explain=faulty.explain)
         [log] = faulty.tmp.glob("runs/*/log.txt")
         wait_until(
             lambda: "'evaluate-and-promote'" in _plain(log.read_text(errors="replace")), 600, "the promotion step"
         )
         mlflow.stop()
-        wait_until(lambda: any(faulty.tmp.glob("runs/*/outcome.json")), 600, "the run's end")
+        wait_until(lambda: any(faulty.tmp.glob("runs/*/outcome.json")), 600, "the run's end", explain=faulty.explain)
         [outcome] = faulty.tmp.glob("runs/*/outcome.json")
         assert json.loads(outcome.read_text())["state"] == "failed"
-        wait_until(lambda: bool(faulty.logged("run_outcome_pending")), 60, "the outcome to wait for MLflow")
+        wait_until(
+            lambda: bool(faulty.logged("run_outcome_pending")),
+            60,
+            "the outcome to wait for MLflow",
+            explain=faulty.explain,
+        )
         stays(  # the outcome waits for MLflow: was anything promoted?
             lambda: count(faulty, lambda j: sum(not r.state.final for r in j.runs())) == 1, 3, "the run pending"
         )
         assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
         assert faulty.logged("run_outcome_pending")
         mlflow.start()
-        wait_until(lambda: count(faulty, lambda j: sum(r.state.final for r in j.runs())) == 1, 120, "the record")
+        wait_until(
+            lambda: count(faulty, lambda j: sum(r.state.final for r in j.runs())) == 1,
+            120,
+            "the record",
+            explain=faulty.explain,
+        )
         journal = faulty.journal()
         try:
             [run] = journal.runs()
@@ -524,7 +592,9 @@ def test_inotify_overflow_is_recovered_by_a_rescan(faulty: FaultyDaemon) -> None
             (data / f"{i:06d}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
     finally:
         faulty.process.send_signal(signal.SIGCONT)
-    wait_until(lambda: count(faulty, lambda j: j.event_count()) >= files, 300, f"{files} events")
+    wait_until(
+        lambda: count(faulty, lambda j: j.event_count()) >= files, 300, f"{files} events", explain=faulty.explain
+    )
     stays(lambda: count(faulty, lambda j: j.event_count()) == files, 2, "no file journaled twice")
     journaled = count(faulty, lambda j: j.event_count())
     overflows = faulty.logged("folder_rescan_after_overflow")

@@ -60,6 +60,24 @@ class Daemon:
     def log_tail(self) -> str:
         return (self.tmp / f"daemon-{self.starts}.log").read_text(errors="replace")[-3000:]
 
+    def explain(self) -> str:
+        """What a stuck wait needs to be understood: the process, every run the journal holds, the log's end."""
+        alive = self.process is not None and self.process.poll() is None
+        lines = [
+            f"daemon life {self.starts}: "
+            + ("running" if alive else f"exited ({self.process and self.process.returncode})")
+        ]
+        if (self.tmp / "journal.db").exists():
+            journal = self.journal()
+            try:
+                lines.extend(
+                    f"  run {run.run_key}: {run.state.value} backend={run.backend_run_id} error={run.error}"
+                    for run in journal.runs(limit=1000)
+                )
+            finally:
+                journal.close()
+        return "\n".join([*lines, "log tail:", self.log_tail()])
+
     def logged(self, event: str) -> list[dict[str, object]]:
         found = []
         for log in sorted(self.tmp.glob("daemon-*.log")):
