@@ -29,6 +29,14 @@ class Shape:
         return cls(tune=tune is not None, parallelism=tune.parallelism if tune else 1, gpus=rule.training.gpus)
 
 
+def fixed_hyperparameters(training: rules_mod.TrainingSpec) -> dict[str, Any]:
+    """The rule's fixed Ultralytics arguments, with its optimizer unless it left the choice to Ultralytics."""
+    fixed: dict[str, Any] = dict(training.hyperparameters)
+    if training.optimizer != "auto":
+        fixed["optimizer"] = training.optimizer
+    return fixed
+
+
 def arguments(
     *,
     rule: rules_mod.Rule,
@@ -51,7 +59,7 @@ def arguments(
         "epochs": rule.training.epochs,
         "imgsz": rule.training.imgsz,
         "batch": rule.training.batch,
-        "hyperparameters_json": json.dumps(rule.training.hyperparameters),
+        "hyperparameters_json": json.dumps(fixed_hyperparameters(rule.training)),
         "promotion_json": json.dumps(rule.promotion.model_dump(mode="json")),
         "tune_space_json": json.dumps({k: v.model_dump(mode="json") for k, v in tune.space.items()}) if tune else "{}",
         "tune_trials": tune.trials if tune else 0,

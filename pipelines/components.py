@@ -105,63 +105,95 @@ def validate_dataset(
     return json.dumps(result.to_json())
 
 
-def sample_trials(space_json: str, trials: int, seed: int) -> list:
-    """Sample the trials' hyperparameters from the rule's search space (deterministic)."""
+def sample_trials(
+    space_json: str,
+    trials: int,
+    seed: int,
+    mlflow_tracking_uri: str,
+    experiment: str,
+    run_key: str,
+    rule: str,
+) -> list:
+    """Ask Optuna's TPE for the run's trials, warm-started from the rule's earlier trials in MLflow; create the
+    run's tuning run (the trials' parent)."""
     import json
 
-    from pipelines.steps import tuning
+    from pipelines.steps import searching, tuning
 
-    return tuning.sample_trials(json.loads(space_json), trials=trials, seed=seed)
+    space = json.loads(space_json)
+    parent = searching.tuning_run(
+        tracking_uri=mlflow_tracking_uri, experiment=experiment, run_key=run_key, rule=rule, space=space, trials=trials
+    )
+    past = searching.history(
+        tracking_uri=mlflow_tracking_uri, experiment=experiment, rule=rule, exclude_run_key=run_key
+    )
+    asked = tuning.suggest(space, trials=trials, seed=tuning.run_seed(seed, run_key), history=past)
+    print(f"{len(past)} earlier trials of rule {rule} seen by the sampler; asked: {asked}")
+    return [{"number": number, "params": params, "tuning_run_id": parent} for number, params in enumerate(asked)]
 
 
 def run_trial(
     dataset: dsl.Input[dsl.Dataset],
-    params: dict,
+    trial: dict,
+    space_json: str,
     base_json: str,
     base: dsl.Input[dsl.Model],
     epochs: int,
     imgsz: int,
     batch: int,
     gpus: int,
+    mlflow_tracking_uri: str,
+    experiment: str,
+    run_key: str,
+    rule: str,
     metrics: dsl.Output[dsl.Metrics],
 ) -> dict:
-    """Train a short trial with one hyperparameter set and report its validation mAP."""
+    """Train a short trial (an MLflow child run of the tuning run, pruned when it falls behind the earlier
+    trials) and report its validation mAP."""
     import json
     import tempfile
     from pathlib import Path
 
-    from pipelines.steps import bases, training
+    from pipelines.steps import bases, searching, training
 
-    hyperparameters = {**json.loads(base_json), **params}
-    device = training.device_for(gpus)
-    data_yaml = Path(dataset.path) / "data.yaml"
     with tempfile.TemporaryDirectory() as workdir:
-        weights = training.train(
-            data_yaml=data_yaml,
+        result = searching.run_trial(
+            tracking_uri=mlflow_tracking_uri,
+            experiment=experiment,
+            run_key=run_key,
+            rule=rule,
+            trial=trial,
+            space=json.loads(space_json),
+            fixed=json.loads(base_json),
+            data_yaml=Path(dataset.path) / "data.yaml",
             base=bases.model_argument(Path(base.path)),
             epochs=epochs,
             imgsz=imgsz,
             batch=batch,
-            hyperparameters=hyperparameters,
-            device=device,
+            device=training.device_for(gpus),
             out_dir=Path(workdir),
         )
-        result = training.evaluate(
-            weights=weights, data_yaml=data_yaml, imgsz=imgsz, device=device, out_dir=Path(workdir) / "val"
-        )
-    metrics.log_metric("map50_95", result.map50_95)
-    metrics.log_metric("map50", result.map50)
-    return {"params": params, "map50_95": result.map50_95, "map50": result.map50}
+    metrics.log_metric("map50_95", result["map50_95"])
+    metrics.log_metric("map50", result["map50"])
+    return result
 
 
-def pick_best(results: list, base_json: str) -> str:
-    """The hyperparameters of the best trial, on top of the rule's fixed ones."""
+def pick_best(results: list, base_json: str, mlflow_tracking_uri: str) -> str:
+    """The hyperparameters of the best trial, on top of the rule's fixed ones; recorded on the tuning run."""
     import json
 
-    from pipelines.steps import tuning
+    from pipelines.steps import searching, tuning
 
     best = tuning.pick_best(results)
-    print(f"best trial: map50_95={best['map50_95']:.4f} params={best['params']}")
+    pruned = sum(1 for r in results if r.get("pruned"))
+    print(f"best trial: {best.get('number')} map50_95={best['map50_95']:.4f} params={best['params']} ({pruned} pruned)")
+    searching.record_best(
+        tracking_uri=mlflow_tracking_uri,
+        tuning_run_id=str(best["tuning_run_id"]),
+        best=best,
+        trials=len(results),
+        pruned=pruned,
+    )
     return json.dumps({**json.loads(base_json), **best["params"]})
 
 

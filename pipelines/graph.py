@@ -134,29 +134,46 @@ def build(*, image: str, config: settings_mod.PipelineSettings, shape: Shape) ->
         hyperparameters = hyperparameters_json
         if shape.tune:
             sampled = _cluster(
-                c["sample_trials"](space_json=tune_space_json, trials=tune_trials, seed=tune_seed),
+                c["sample_trials"](
+                    space_json=tune_space_json,
+                    trials=tune_trials,
+                    seed=tune_seed,
+                    mlflow_tracking_uri=mlflow_tracking_uri,
+                    experiment=experiment,
+                    run_key=run_key,
+                    rule=rule,
+                ),
                 config,
                 gpus=0,
                 data=False,
             )
-            with dsl.ParallelFor(sampled.output, parallelism=shape.parallelism) as params:
+            with dsl.ParallelFor(sampled.output, parallelism=shape.parallelism) as asked:
                 trial = _cluster(
                     c["run_trial"](
                         dataset=val.outputs["dataset"],
-                        params=params,
+                        trial=asked,
+                        space_json=tune_space_json,
                         base_json=hyperparameters_json,
                         base=mat.outputs["base"],
                         epochs=tune_epochs,
                         imgsz=imgsz,
                         batch=batch,
                         gpus=min(gpus, 1),
+                        mlflow_tracking_uri=mlflow_tracking_uri,
+                        experiment=experiment,
+                        run_key=run_key,
+                        rule=rule,
                     ),
                     config,
                     gpus=min(gpus, 1),
                     data=False,
                 )
             best = _cluster(
-                c["pick_best"](results=dsl.Collected(trial.outputs["Output"]), base_json=hyperparameters_json),
+                c["pick_best"](
+                    results=dsl.Collected(trial.outputs["Output"]),
+                    base_json=hyperparameters_json,
+                    mlflow_tracking_uri=mlflow_tracking_uri,
+                ),
                 config,
                 gpus=0,
                 data=False,

@@ -9,14 +9,17 @@ A rule file holds one rule, several YAML documents of one rule each, or a mappin
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    Discriminator,
     Field,
+    Tag,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -143,10 +146,18 @@ TUNABLE = frozenset(
 )
 
 
-def _only_tunable(names: Mapping[str, object], problem: str) -> None:
-    unknown = sorted(set(names) - TUNABLE)
+#: Ultralytics' optimizers. ``auto`` lets Ultralytics choose, and then it ignores ``lr0`` and ``momentum``
+#: (it picks AdamW or SGD with a learning rate of its own), so the pipeline names one whenever they are set.
+OPTIMIZERS = ("auto", "SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp")
+#: Arguments a search space may draw from a list of choices (beside ranges of the numeric ones).
+CATEGORICAL = frozenset(["optimizer", "imgsz", "batch"])
+
+
+def _only_tunable(names: Mapping[str, object], problem: str, *, categorical: bool = False) -> None:
+    allowed = TUNABLE | CATEGORICAL if categorical else TUNABLE
+    unknown = sorted(set(names) - allowed)
     if unknown:
-        raise ValueError(f"{problem} {', '.join(unknown)}: tunable are {', '.join(sorted(TUNABLE))}")
+        raise ValueError(f"{problem} {', '.join(unknown)}: tunable are {', '.join(sorted(allowed))}")
 
 
 class SearchRange(_Spec):
@@ -175,24 +186,72 @@ class SearchRange(_Spec):
         return self
 
 
+class SearchChoice(_Spec):
+    """A list of values to choose one hyperparameter from (``optimizer``, ``imgsz``, ``batch``, or a numeric
+    argument tried at a few exact values)."""
+
+    choices: list[str | int | float] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchChoice:
+        if len({json.dumps(c) for c in self.choices}) != len(self.choices):
+            raise ValueError(f"choices repeat a value: {self.choices}")
+        return self
+
+
+def _check_choice(name: str, choice: SearchChoice) -> None:
+    for value in choice.choices:
+        if name == "optimizer" and value not in OPTIMIZERS:
+            raise ValueError(f"optimizer: {value!r} is not one of {', '.join(OPTIMIZERS)}")
+        if name == "imgsz" and not (isinstance(value, int) and value >= 32 and value % 32 == 0):
+            raise ValueError(f"imgsz: {value!r} is not a multiple of 32 of at least 32")
+        if name == "batch" and not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"batch: {value!r} is not a positive whole number")
+        if name in TUNABLE and not isinstance(value, int | float):
+            raise ValueError(f"{name}: {value!r} is not a number")
+
+
+def _search_kind(value: Any) -> str:
+    return "search-choice" if isinstance(value, dict | SearchChoice) and "choices" in _keys(value) else "search-range"
+
+
+def _keys(value: Any) -> set[str]:
+    return set(value) if isinstance(value, dict) else set(type(value).model_fields)
+
+
+#: A search space entry: a range, or a list of choices (``{choices: [...]}``). The tags are what pydantic puts
+#: into an error's location; the rule loader leaves them out of the field path it reports.
+SearchSpec = Annotated[
+    Annotated[SearchRange, Tag("search-range")] | Annotated[SearchChoice, Tag("search-choice")],
+    Discriminator(_search_kind),
+]
+UNION_TAGS = frozenset({"search-range", "search-choice"})
+
+
 class TuneSpec(_Spec):
     """Hyperparameter tuning: trials fanned out across GPUs, then the best one trains in full."""
 
     trials: int = Field(ge=1)
-    """Hyperparameter sets sampled from ``space``."""
+    """Hyperparameter sets asked per run from Optuna's TPE, which has seen the rule's earlier trials."""
     parallelism: int = Field(default=1, ge=1)
     """Trials running at once (one GPU each on a cluster)."""
     epochs: int = Field(default=10, ge=1)
     """Epochs per trial."""
     seed: int = 0
-    """Seed of the sampler: the same rule samples the same trials."""
-    space: dict[str, SearchRange] = Field(min_length=1)
-    """Ranges by Ultralytics argument name, e.g. ``lr0: [1.0e-4, 1.0e-1, log]``."""
+    """Seed of the sampler, with the run key: a retried task asks the same trials, each run new ones."""
+    space: dict[str, SearchSpec] = Field(min_length=1)
+    """Ranges by Ultralytics argument name, e.g. ``lr0: [1.0e-4, 1.0e-1, log]``, or choices, e.g.
+    ``optimizer: {choices: [SGD, AdamW]}``."""
 
     @field_validator("space")
     @classmethod
-    def _check_space(cls, value: dict[str, SearchRange]) -> dict[str, SearchRange]:
-        _only_tunable(value, "cannot tune")
+    def _check_space(cls, value: dict[str, SearchRange | SearchChoice]) -> dict[str, SearchRange | SearchChoice]:
+        _only_tunable(value, "cannot tune", categorical=True)
+        for name, spec in value.items():
+            if isinstance(spec, SearchChoice):
+                _check_choice(name, spec)
+            elif name in CATEGORICAL:
+                raise ValueError(f"{name} is tuned from a list: write {name}: {{choices: [...]}}")
         return value
 
     @model_validator(mode="after")
@@ -211,6 +270,9 @@ class TrainingSpec(_Spec):
     batch: int = Field(default=16, ge=1)
     gpus: int = Field(default=1, ge=0)
     """GPUs for the training step (0 = CPU)."""
+    optimizer: Literal["auto", "SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp"] = "auto"
+    """Ultralytics' optimizer. With ``auto`` Ultralytics ignores ``lr0`` and ``momentum``: whenever either is
+    set or tuned, the pipeline trains with ``SGD`` (Ultralytics' own non-automatic default) instead."""
     hyperparameters: dict[str, float] = Field(default_factory=dict)
     """Fixed Ultralytics arguments, e.g. ``{lr0: 0.01}``; tuning overrides them."""
     tune: TuneSpec | None = None

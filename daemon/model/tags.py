@@ -23,3 +23,13 @@ METRIC_PREFIX: Final = "retrain.metric."
 PER_CLASS_AP: Final = "retrain.per_class_ap"
 #: On model versions: who moved the champion alias to it by hand, and why.
 ROLLBACK: Final = "retrain.rollback"
+
+#: On a run's tuning run and on its trials (child runs of it): the run key and the role. Not ``RUN_KEY``,
+#: which finds the run's training run.
+TUNING_RUN_KEY: Final = "retrain.tuning.run_key"
+TUNING_ROLE: Final = "retrain.tuning.role"
+#: On trials: their number in the run, their parameters as JSON (MLflow's params are strings) and how they
+#: ended (``complete``, or ``pruned`` when the pruner stopped them early).
+TRIAL_NUMBER: Final = "retrain.trial.number"
+TRIAL_PARAMS: Final = "retrain.trial.params"
+TRIAL_STATE: Final = "retrain.trial.state"

@@ -139,7 +139,7 @@ def _validate(value: Any, *, file: str, document: yamlfile.Document, base: tuple
     except pydantic.ValidationError as exc:
         found = []
         for item in exc.errors():
-            location: list[str | int] = list(item["loc"])
+            location: list[str | int] = [part for part in item["loc"] if part not in rules.UNION_TAGS]
             found.append(
                 errors.ConfigError(
                     _message(item, location),

@@ -64,17 +64,50 @@ def _metric_name(name: str) -> str:
     return name.replace("(", "").replace(")", "")
 
 
-def run_of(tracking_uri: str, experiment_id: str, run_key: str) -> Any:
-    """The MLflow run of ``run_key`` in the experiment, if an attempt (maybe an interrupted one) created it."""
+def find_run(tracking_uri: str, experiment_id: str, tagged: dict[str, str]) -> Any:
+    """The latest MLflow run in the experiment carrying every given tag value (None: none does)."""
     client = registry.Mlflow(tracking_uri=tracking_uri)
-    key = registry.quoted(run_key, what="run key")
+    clauses = " and ".join(f"tags.`{name}` = {registry.quoted(value, what=name)}" for name, value in tagged.items())
     found = client.call(
-        f"finding the MLflow run of {run_key}",
+        f"finding the MLflow run tagged {tagged}",
         lambda: client.client.search_runs(
-            [experiment_id], filter_string=f"tags.`{tags.RUN_KEY}` = {key}", order_by=["attributes.start_time DESC"]
+            [experiment_id], filter_string=clauses, order_by=["attributes.start_time DESC"], max_results=1
         ),
     )
     return found[0] if found else None
+
+
+def run_of(tracking_uri: str, experiment_id: str, run_key: str) -> Any:
+    """The MLflow run of ``run_key`` in the experiment, if an attempt (maybe an interrupted one) created it."""
+    return find_run(tracking_uri, experiment_id, {tags.RUN_KEY: run_key})
+
+
+def epoch_logger(epochs: int, *, then: Any = None) -> Any:
+    """An Ultralytics ``on_fit_epoch_end`` callback: the epoch's metrics and losses into the active MLflow run
+    (MLflow-safe names), a progress line for the daemon, and ``then(trainer, epoch, map50_95)`` if given."""
+    import mlflow
+
+    ended = False  # the training loop ended (its last epoch, or stopped early): the next call is the final one
+
+    def log_epoch(trainer: Any) -> None:
+        nonlocal ended
+        values = {_metric_name(k): float(v) for k, v in trainer.metrics.items()}
+        values |= {
+            _metric_name(k): float(v) for k, v in trainer.label_loss_items(trainer.tloss, prefix="train").items()
+        }
+        epoch = int(trainer.epoch) + 1
+        # Ultralytics calls this once more after the loop, for the best weights' final validation.
+        final = ended or epoch > epochs
+        mlflow.log_metrics(values, step=epoch)
+        progress: dict[str, Any] = {"final": "best.pt"} if final else {"epoch": epoch, "epochs": epochs}
+        progress["map50_95"] = round(float(trainer.metrics.get("metrics/mAP50-95(B)", 0.0)), 4)
+        progress["map50"] = round(float(trainer.metrics.get("metrics/mAP50(B)", 0.0)), 4)
+        print(constants.PROGRESS_MARK + json.dumps(progress), flush=True)
+        if then is not None and not final:
+            then(trainer, epoch, float(trainer.metrics.get("metrics/mAP50-95(B)", 0.0)))
+        ended = ended or bool(getattr(trainer, "stop", False))
+
+    return log_epoch
 
 
 def train_tracked(
@@ -88,7 +121,7 @@ def train_tracked(
     epochs: int,
     imgsz: int,
     batch: int,
-    hyperparameters: dict[str, float],
+    hyperparameters: dict[str, Any],
     device: str,
     out_dir: Path,
 ) -> dict[str, str]:
@@ -126,21 +159,8 @@ def train_tracked(
                 {"base": base, "epochs": epochs, "imgsz": imgsz, "batch": batch, "device": device, **hyperparameters}
             )
 
-        def log_epoch(trainer: Any) -> None:
-            values = {_metric_name(k): float(v) for k, v in trainer.metrics.items()}
-            values |= {
-                _metric_name(k): float(v) for k, v in trainer.label_loss_items(trainer.tloss, prefix="train").items()
-            }
-            mlflow.log_metrics(values, step=int(trainer.epoch) + 1)
-            # Ultralytics calls this once more after the last epoch, for the best weights' final validation.
-            epoch = int(trainer.epoch) + 1
-            progress: dict[str, Any] = {"epoch": epoch, "epochs": epochs} if epoch <= epochs else {"final": "best.pt"}
-            progress["map50_95"] = round(float(trainer.metrics.get("metrics/mAP50-95(B)", 0.0)), 4)
-            progress["map50"] = round(float(trainer.metrics.get("metrics/mAP50(B)", 0.0)), 4)
-            print(constants.PROGRESS_MARK + json.dumps(progress), flush=True)
-
         weights = train(
-            on_epoch=log_epoch,
+            on_epoch=epoch_logger(epochs),
             data_yaml=data_yaml,
             base=base,
             epochs=epochs,
@@ -161,6 +181,24 @@ def train_tracked(
         return {"run_id": run.info.run_id, "model_uri": info.model_uri, "weights": str(weights)}
 
 
+#: The arguments that Ultralytics' automatic optimizer choice ignores (it logs "ignoring 'lr0=...'").
+OPTIMIZER_ARGUMENTS = ("lr0", "momentum")
+#: The optimizer named when the rule sets or tunes one of them and leaves the optimizer to Ultralytics.
+EXPLICIT_OPTIMIZER = "SGD"
+
+
+def training_arguments(hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters as Ultralytics must receive them for each to reach the optimizer: with
+    ``optimizer`` unset or ``auto``, Ultralytics picks its own optimizer and learning rate and ignores ``lr0``
+    and ``momentum``, so whenever either is given the optimizer is named (:data:`EXPLICIT_OPTIMIZER`)."""
+    arguments = dict(hyperparameters)
+    if arguments.get("optimizer", "auto") == "auto" and any(k in arguments for k in OPTIMIZER_ARGUMENTS):
+        arguments["optimizer"] = EXPLICIT_OPTIMIZER
+        given = ", ".join(f"{k}={arguments[k]}" for k in OPTIMIZER_ARGUMENTS if k in arguments)
+        print(f"optimizer: {EXPLICIT_OPTIMIZER} (the rule sets {given}, which optimizer=auto would ignore)")
+    return arguments
+
+
 def train(
     *,
     data_yaml: Path,
@@ -168,7 +206,7 @@ def train(
     epochs: int,
     imgsz: int,
     batch: int,
-    hyperparameters: dict[str, float],
+    hyperparameters: dict[str, Any],
     device: str,
     out_dir: Path,
     on_epoch: Any = None,
@@ -181,11 +219,12 @@ def train(
     model = YOLO(base)
     if on_epoch is not None:
         model.add_callback("on_fit_epoch_end", on_epoch)
+    arguments = training_arguments(
+        {"imgsz": imgsz, "batch": batch, **hyperparameters}
+    )  # a tuned imgsz or batch wins over the rule's
     model.train(
         data=str(data_yaml),
         epochs=epochs,
-        imgsz=imgsz,
-        batch=batch,
         device=device,
         workers=0,
         plots=False,
@@ -196,7 +235,7 @@ def train(
         deterministic=True,
         verbose=False,
         amp=device != "cpu",
-        **hyperparameters,
+        **arguments,
     )
     best = Path(model.trainer.best)
     return best if best.exists() else Path(model.trainer.last)

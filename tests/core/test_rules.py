@@ -158,7 +158,24 @@ def test_search_space_compact_and_long_forms() -> None:
     tune = loaded.rule.training.tune
     assert tune is not None
     assert tune.space["lr0"] == rules.SearchRange(low=1e-4, high=1e-1, scale="log")
-    assert tune.space["momentum"].scale == "linear"
+    assert tune.space["momentum"].scale == "linear"  # type: ignore[union-attr]
+
+
+def test_search_space_choices_and_the_optimizer_setting() -> None:
+    text = MINIMAL + (
+        "training:\n  optimizer: AdamW\n  hyperparameters: {lr0: 0.002}\n  tune:\n    trials: 4\n"
+        "    space: {optimizer: {choices: [SGD, AdamW]}, imgsz: {choices: [320, 640]}, lr0: [1.0e-4, 1.0e-1, log]}\n"
+    )
+    [loaded] = loading.parse_text(text, file="t.yaml").rules
+    tune = loaded.rule.training.tune
+    assert tune is not None
+    assert tune.space["optimizer"] == rules.SearchChoice(choices=["SGD", "AdamW"])
+    assert tune.space["imgsz"] == rules.SearchChoice(choices=[320, 640])
+    from pipelines import arguments
+
+    assert arguments.fixed_hyperparameters(loaded.rule.training) == {"lr0": 0.002, "optimizer": "AdamW"}
+    [auto] = loading.parse_text(MINIMAL, file="m.yaml").rules
+    assert arguments.fixed_hyperparameters(auto.rule.training) == {}  # auto: named only when lr0/momentum are set
 
 
 @pytest.mark.parametrize(
@@ -171,6 +188,12 @@ def test_search_space_compact_and_long_forms() -> None:
         ("training: {tune: {trials: 2, space: {lr0: [0, 0.1, log]}}}", "a log scale needs low > 0"),
         ("training: {tune: {trials: 2, space: {warp: [0.1, 0.2]}}}", "cannot tune warp"),
         ("training: {imgsz: 100}", "multiple of 32"),
+        ("training: {tune: {trials: 2, space: {optimizer: {choices: [SGD, Lion]}}}}", "'Lion' is not one of auto"),
+        ("training: {tune: {trials: 2, space: {imgsz: {choices: [320, 100]}}}}", "imgsz: 100 is not a multiple"),
+        ("training: {tune: {trials: 2, space: {batch: [4, 16]}}}", "batch is tuned from a list"),
+        ("training: {tune: {trials: 2, space: {lr0: {choices: [0.01, fast]}}}}", "lr0: 'fast' is not a number"),
+        ("training: {tune: {trials: 2, space: {lr0: {choices: [0.01, 0.01]}}}}", "choices repeat a value"),
+        ("training: {optimizer: Lion}", "'Lion'"),
         ("promotion: {min_improvement: -0.1}", "greater than or equal to 0"),
         ("promotion: {metric: accuracy}", "got 'accuracy'"),
         ("limits: {cooldown: 30}", "is not a duration"),

@@ -209,18 +209,22 @@ def test_coco_mini_materialize_validate_and_train(tmp_path: Path) -> None:
     assert report["per_split"] == {"train": 16, "val": 8}
 
 
-def test_tuning_fans_out_trials_and_trains_with_the_best(tmp_path: Path) -> None:
+def test_tuning_fans_out_trials_as_mlflow_child_runs_and_trains_with_the_best(tmp_path: Path) -> None:
+    """Trials fan out (kfp.local), each an MLflow child run of the run's tuning run with its parameters and
+    per-epoch metrics; the final training uses the parameters of the best trial by validation mAP, optimizer
+    included; the next run's sampler sees these trials and asks new points."""
     data = tmp_path / "shapes"
     synthetic.generate(data, count=40, seed=3)
     from pipelines.steps import materializing
 
     manifest = materializing.manifest_for_folder(data, dataset="shapes", classes=list(synthetic.CLASSES))
     (tmp_path / "manifest.json").write_text(json.dumps(manifest.to_json()))
+    space = "{lr0: [0.001, 0.05, log], optimizer: {choices: [SGD, AdamW]}}"
     rule = make_rule(
         "tuned",
         f"file://{data}",
         epochs=2,
-        extra=", tune: {trials: 3, parallelism: 2, epochs: 1, seed: 5, space: {lr0: [0.001, 0.05, log]}}",
+        extra=f", tune: {{trials: 3, parallelism: 2, epochs: 1, seed: 5, space: {space}}}",
     )
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     output = run_pipeline(
@@ -232,18 +236,100 @@ def test_tuning_fans_out_trials_and_trains_with_the_best(tmp_path: Path) -> None
         env=offline_env(),
     )
     assert output["decision"] == "promoted"
-    trials = sorted((tmp_path / "run" / "kfp").rglob("for-loop-1-iteration-*/run-trial/executor_output.json"))
-    assert len(trials) == 3
-    from pipelines.steps import tuning
-
-    sampled = tuning.sample_trials({"lr0": {"low": 0.001, "high": 0.05, "scale": "log"}}, trials=3, seed=5)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=mlflow_uri)
-    [run] = client.search_runs([client.get_experiment_by_name("tuned-detector").experiment_id])
-    trained_lr0 = float(run.data.params["lr0"])
-    results = [json.loads(p.read_text()) for p in trials]
-    maps = [r["parameterValues"]["Output"]["map50_95"] for r in results]
-    best = max(results, key=lambda r: r["parameterValues"]["Output"]["map50_95"])["parameterValues"]["Output"]
-    assert any(abs(trained_lr0 - t["lr0"]) < 1e-9 for t in sampled)
-    assert abs(trained_lr0 - best["params"]["lr0"]) < 1e-9, maps
+    experiment = client.get_experiment_by_name("tuned-detector").experiment_id
+    everything = client.search_runs([experiment])
+    [search] = [r for r in everything if r.data.tags.get(tags.TUNING_ROLE) == "search"]
+    trials = [r for r in everything if r.data.tags.get(tags.TUNING_ROLE) == "trial"]
+    [trained] = [r for r in everything if r.data.tags.get(tags.RUN_KEY) == "tuned-r1"]
+    assert len(trials) == 3
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {search.info.run_id}
+    for trial in trials:
+        assert set(json.loads(trial.data.tags[tags.TRIAL_PARAMS])) == {"lr0", "optimizer"}
+        assert trial.data.params["optimizer"] in ("SGD", "AdamW")
+        assert [m.step for m in client.get_metric_history(trial.info.run_id, "metrics/mAP50-95B")][0] == 1
+    best = max(trials, key=lambda r: (r.data.metrics["map50_95"], -int(r.data.tags[tags.TRIAL_NUMBER])))
+    best_params = json.loads(best.data.tags[tags.TRIAL_PARAMS])
+    assert float(trained.data.params["lr0"]) == pytest.approx(best_params["lr0"], rel=1e-9)
+    assert trained.data.params["optimizer"] == best_params["optimizer"]
+    assert json.loads(search.data.tags["retrain.tuning.best_params"]) == best_params
+    from pipelines.steps import searching, tuning
+
+    assert rule.training.tune is not None
+    space_ = {k: v.model_dump(mode="json") for k, v in rule.training.tune.space.items()}
+    asked = [
+        json.loads(t.data.tags[tags.TRIAL_PARAMS]) for t in sorted(trials, key=lambda r: r.data.tags[tags.TRIAL_NUMBER])
+    ]
+    assert tuning.suggest(space_, trials=3, seed=tuning.run_seed(5, "tuned-r1")) == asked  # TPE, nothing seen yet
+    past = searching.history(tracking_uri=mlflow_uri, experiment="tuned-detector", rule="tuned")
+    assert sorted(p.params["lr0"] for p in past) == sorted(a["lr0"] for a in asked)
+    following = tuning.suggest(space_, trials=3, seed=tuning.run_seed(5, "tuned-r2"), history=past)
+    assert not any(point in asked for point in following)  # the next run explores new points
+
+
+def test_a_trial_behind_the_earlier_trials_is_pruned_and_a_retried_trial_is_not_trained_again(tmp_path: Path) -> None:
+    """Three earlier trials of the rule reached mAP 0.9 at every epoch; a real trial of 4 epochs on a new
+    model is far below that median at epoch 2 and stops there (Optuna's median pruner), recorded as pruned.
+    Its task retried returns the recorded result without training."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.steps import searching, tuning
+
+    data = tmp_path / "ds"
+    for split in ("train", "val"):
+        synthetic.generate(data, count=8, seed=1 if split == "train" else 2, split=split)
+    (data / "data.yaml").write_text(f"path: {data}\ntrain: images/train\nval: images/val\nnames: [r, g, b]\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = searching.experiment_id(uri, "pruned-detector")
+    client = MlflowClient(tracking_uri=uri)
+    space = {"lr0": {"low": 0.001, "high": 0.1, "scale": "log"}}
+    for number in range(3):  # the earlier run's trials, as the pipeline records them
+        run = client.create_run(
+            experiment,
+            tags={
+                tags.TUNING_RUN_KEY: "pruned-r0",
+                tags.TUNING_ROLE: "trial",
+                tags.TRIAL_NUMBER: str(number),
+                tags.RULE: "pruned",
+                tags.TRIAL_PARAMS: json.dumps({"lr0": 0.01 * (number + 1)}),
+                tags.TRIAL_STATE: "complete",
+            },
+        )
+        for epoch in range(1, 5):
+            client.log_metric(run.info.run_id, tuning.EPOCH_METRIC, 0.9, step=epoch)
+        client.log_metric(run.info.run_id, "map50_95", 0.9)
+        client.set_terminated(run.info.run_id)
+    parent = searching.tuning_run(
+        tracking_uri=uri, experiment="pruned-detector", run_key="pruned-r1", rule="pruned", space=space, trials=1
+    )
+    trial = {"number": 0, "params": {"lr0": 0.01}, "tuning_run_id": parent}
+    arguments_: dict[str, Any] = {
+        "tracking_uri": uri,
+        "experiment": "pruned-detector",
+        "run_key": "pruned-r1",
+        "rule": "pruned",
+        "trial": trial,
+        "space": space,
+        "fixed": {},
+        "data_yaml": data / "data.yaml",
+        "base": "yolov8n.yaml",
+        "epochs": 4,
+        "imgsz": 64,
+        "batch": 4,
+        "device": "cpu",
+        "out_dir": tmp_path / "trial",
+    }
+    result = searching.run_trial(**arguments_)
+    assert result["pruned"] is True
+    found = searching.finished_trial(tracking_uri=uri, experiment="pruned-detector", run_key="pruned-r1", number=0)
+    assert found.data.tags[tags.TRIAL_STATE] == "pruned"
+    assert found.data.tags["retrain.trial.pruned_at"] == "2"
+    assert found.data.tags["mlflow.parentRunId"] == parent
+    trained = (tmp_path / "trial" / "train" / "results.csv").read_text().splitlines()[1:]
+    assert len(trained) == 2  # epochs trained: 2 of 4
+    runs_before = len(client.search_runs([experiment]))
+    assert searching.run_trial(**{**arguments_, "out_dir": tmp_path / "retry"}) == result
+    assert len(client.search_runs([experiment])) == runs_before
+    assert not (tmp_path / "retry").exists()  # nothing trained again

@@ -128,11 +128,103 @@ def test_an_empty_split_fails(tmp_path: Path) -> None:
         validating.validate(root, classes=3, max_bad_fraction=1.0)
 
 
-def test_trials_are_deterministic_and_respect_the_space() -> None:
-    space = {"lr0": {"low": 1e-4, "high": 1e-1, "scale": "log"}, "momentum": {"low": 0.6, "high": 0.98}}
-    first = tuning.sample_trials(space, trials=8, seed=7)
-    assert first == tuning.sample_trials(space, trials=8, seed=7)
-    assert first != tuning.sample_trials(space, trials=8, seed=8)
+def test_trials_are_asked_from_tpe_deterministically_within_the_space() -> None:
+    space = {
+        "lr0": {"low": 1e-4, "high": 1e-1, "scale": "log"},
+        "momentum": {"low": 0.6, "high": 0.98},
+        "optimizer": {"choices": ["SGD", "AdamW"]},
+    }
+    first = tuning.suggest(space, trials=8, seed=7)
+    assert first == tuning.suggest(space, trials=8, seed=7)  # a retried task asks the same trials
+    assert first != tuning.suggest(space, trials=8, seed=8)
     assert all(1e-4 <= t["lr0"] <= 1e-1 and 0.6 <= t["momentum"] <= 0.98 for t in first)
+    assert {t["optimizer"] for t in first} == {"SGD", "AdamW"}
+    assert tuning.run_seed(7, "pets-a") == tuning.run_seed(7, "pets-a") != tuning.run_seed(7, "pets-b")
+    history = [tuning.PastTrial(params={**t, "lr0": t["lr0"]}, value=0.1 * i) for i, t in enumerate(first)] + [
+        tuning.PastTrial(params={"lr0": 0.5}, value=1.0)
+    ]  # outside today's space: left out
+    following = tuning.suggest(space, trials=4, seed=tuning.run_seed(7, "pets-b"), history=history)
+    assert not any(point in first for point in following)
+    assert len(tuning.study_of(space, seed=7, history=history).trials) == 8
+
+
+def test_the_best_complete_trial_wins_and_pruned_ones_only_when_all_were_pruned() -> None:
     best = tuning.pick_best([{"params": {"a": 1}, "map50_95": 0.2}, {"params": {"a": 2}, "map50_95": 0.3}])
     assert best["params"] == {"a": 2}
+    results = [
+        {"params": {"a": 1}, "map50_95": 0.4, "pruned": True},
+        {"params": {"a": 2}, "map50_95": 0.3, "pruned": False},
+        {"params": {"a": 3}, "map50_95": float("nan"), "pruned": False},
+    ]
+    assert tuning.pick_best(results)["params"] == {"a": 2}
+    assert tuning.pick_best([{**r, "pruned": True} for r in results])["params"] == {"a": 1}
+    with pytest.raises(ValueError, match="no trial results"):
+        tuning.pick_best([])
+
+
+def test_the_pruner_stops_a_trial_below_the_median_of_earlier_trials_at_the_same_epoch() -> None:
+    space = {"lr0": {"low": 1e-3, "high": 1e-1, "scale": "log"}}
+    earlier = [
+        tuning.PastTrial(params={"lr0": 0.01 * (i + 1)}, value=0.5, intermediate={1: 0.2, 2: 0.4, 3: 0.5})
+        for i in range(3)
+    ]
+    behind = tuning.Pruner(space, history=earlier)
+    assert not behind.should_stop(1, 0.0)  # the first epoch is never judged
+    assert behind.should_stop(2, 0.1) and behind.pruned_at == 2
+    ahead = tuning.Pruner(space, history=earlier)
+    assert not ahead.should_stop(2, 0.45) and not ahead.should_stop(3, 0.6)
+    assert not ahead.should_stop(4, float("nan"))
+    too_few = tuning.Pruner(space, history=earlier[:2])  # three earlier trials before any judgement
+    assert not too_few.should_stop(2, 0.0)
+
+
+def _weights_digest(weights: Path) -> str:
+    import hashlib
+
+    import torch
+
+    state = torch.load(weights, map_location="cpu", weights_only=False)
+    model = state.get("ema") or state["model"]
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.float().state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.slow
+def test_tuned_lr0_and_momentum_reach_the_optimizer_and_train_different_models(tmp_path: Path) -> None:
+    """Ultralytics' optimizer=auto ignores lr0 and momentum: two trials far apart trained the same weights.
+    With them set, the pipeline names the optimizer, and the two trials train different models; each trial's
+    own optimizer is the one Ultralytics built (its learning rate is the trial's lr0)."""
+    from pipelines.steps import training
+
+    root = tmp_path / "ds"
+    make_dataset(root, count=8)
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames: [r, g, b]\n")
+    digests = []
+    for index, params in enumerate(({"lr0": 0.1, "momentum": 0.6}, {"lr0": 0.0001, "momentum": 0.98})):
+        seen: dict[str, float] = {}
+
+        def optimizer_of(trainer: object, seen: dict[str, float] = seen) -> None:
+            group = trainer.optimizer.param_groups[0]  # type: ignore[attr-defined]
+            seen.update(initial_lr=float(group["initial_lr"]), momentum=float(group.get("momentum", -1)))
+
+        weights = training.train(
+            data_yaml=root / "data.yaml",
+            base="yolov8n.yaml",
+            epochs=1,
+            imgsz=64,
+            batch=4,
+            hyperparameters=params,
+            device="cpu",
+            out_dir=tmp_path / f"trial-{index}",
+            on_epoch=optimizer_of,
+        )
+        assert seen["initial_lr"] == pytest.approx(params["lr0"])
+        assert seen["momentum"] == pytest.approx(params["momentum"])
+        digests.append(_weights_digest(weights))
+    assert digests[0] != digests[1]
+    assert training.training_arguments({"lr0": 0.01})["optimizer"] == "SGD"
+    assert training.training_arguments({"lr0": 0.01, "optimizer": "AdamW"})["optimizer"] == "AdamW"
+    assert "optimizer" not in training.training_arguments({"mosaic": 0.5})
