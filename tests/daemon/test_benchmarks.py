@@ -64,3 +64,9 @@ def test_footprint(tmp_path: Path) -> None:
 def test_pipeline_overhead(tmp_path: Path) -> None:
     figures = bench("pipeline_overhead", "--images", "16", "--epochs", "1", tmp_path=tmp_path)
     assert "train-model" in figures["pipeline_tasks_s"]  # type: ignore[operator]
+
+
+def test_tuning(tmp_path: Path) -> None:
+    figures = bench("tuning", "--trials", "2", "--epochs", "1", "--images", "8", "--imgsz", "64", tmp_path=tmp_path)
+    assert len(figures["trials"]) == 2  # type: ignore[arg-type]
+    assert figures["distinct_models"] == 2  # the two trials' parameters reached the optimizer
