@@ -12,7 +12,6 @@ space that reached nothing (Ultralytics' ``optimizer=auto`` ignoring lr0) shows 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import statistics
@@ -28,18 +27,6 @@ from pipelines import synthetic
 from pipelines.steps import training, tuning
 
 SPACE = {"optimizer": {"choices": ["SGD", "AdamW"]}, "lr0": {"low": 1e-4, "high": 1e-1, "scale": "log"}}
-
-
-def digest(weights: Path) -> str:
-    import torch
-
-    state = torch.load(weights, map_location="cpu", weights_only=False)
-    model = state.get("ema") or state["model"]
-    found = hashlib.sha256()
-    for name, tensor in sorted(model.float().state_dict().items()):
-        found.update(name.encode())
-        found.update(tensor.detach().cpu().numpy().tobytes())
-    return found.hexdigest()[:16]
 
 
 def dataset(root: Path, *, images: int, data: Path | None) -> Path:
@@ -101,7 +88,7 @@ def main() -> None:
                     "map50_95": round(found.map50_95, 4),
                     "map50": round(found.map50, 4),
                     "seconds": round(time.perf_counter() - began, 1),
-                    "weights": digest(weights),
+                    "weights": training.weights_digest(weights)[:16],
                 }
             )
     sys.stdout = stdout

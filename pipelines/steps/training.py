@@ -181,6 +181,22 @@ def train_tracked(
         return {"run_id": run.info.run_id, "model_uri": info.model_uri, "weights": str(weights)}
 
 
+def weights_digest(weights: Path) -> str:
+    """SHA-256 of a weights file's tensors (the EMA model Ultralytics saves, else the model), by name: two
+    trainings that produced the same model give the same digest, whatever else the files hold."""
+    import hashlib
+
+    import torch
+
+    state = torch.load(weights, map_location="cpu", weights_only=False)
+    model = state.get("ema") or state["model"]
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.float().state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 #: The arguments that Ultralytics' automatic optimizer choice ignores (it logs "ignoring 'lr0=...'").
 OPTIMIZER_ARGUMENTS = ("lr0", "momentum")
 #: The optimizer named when the rule sets or tunes one of them and leaves the optimizer to Ultralytics.

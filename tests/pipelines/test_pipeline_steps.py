@@ -178,20 +178,6 @@ def test_the_pruner_stops_a_trial_below_the_median_of_earlier_trials_at_the_same
     assert not too_few.should_stop(2, 0.0)
 
 
-def _weights_digest(weights: Path) -> str:
-    import hashlib
-
-    import torch
-
-    state = torch.load(weights, map_location="cpu", weights_only=False)
-    model = state.get("ema") or state["model"]
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.float().state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().numpy().tobytes())
-    return digest.hexdigest()
-
-
 @pytest.mark.slow
 def test_tuned_lr0_and_momentum_reach_the_optimizer_and_train_different_models(tmp_path: Path) -> None:
     """Ultralytics' optimizer=auto ignores lr0 and momentum: two trials far apart trained the same weights.
@@ -223,7 +209,7 @@ def test_tuned_lr0_and_momentum_reach_the_optimizer_and_train_different_models(t
         )
         assert seen["initial_lr"] == pytest.approx(params["lr0"])
         assert seen["momentum"] == pytest.approx(params["momentum"])
-        digests.append(_weights_digest(weights))
+        digests.append(training.weights_digest(weights))
     assert digests[0] != digests[1]
     assert training.training_arguments({"lr0": 0.01})["optimizer"] == "SGD"
     assert training.training_arguments({"lr0": 0.01, "optimizer": "AdamW"})["optimizer"] == "AdamW"
