@@ -155,9 +155,8 @@ def train_tracked(
         started = mlflow.start_run(run_name=run_key, tags=run_tags)
     with started as run:
         if previous is None:
-            mlflow.log_params(
-                {"base": base, "epochs": epochs, "imgsz": imgsz, "batch": batch, "device": device, **hyperparameters}
-            )
+            effective = training_arguments({"imgsz": imgsz, "batch": batch, **hyperparameters})
+            mlflow.log_params({"base": base, "epochs": epochs, "device": device, **effective})
 
         weights = train(
             on_epoch=epoch_logger(epochs),
@@ -210,8 +209,6 @@ def training_arguments(hyperparameters: dict[str, Any]) -> dict[str, Any]:
     arguments = dict(hyperparameters)
     if arguments.get("optimizer", "auto") == "auto" and any(k in arguments for k in OPTIMIZER_ARGUMENTS):
         arguments["optimizer"] = EXPLICIT_OPTIMIZER
-        given = ", ".join(f"{k}={arguments[k]}" for k in OPTIMIZER_ARGUMENTS if k in arguments)
-        print(f"optimizer: {EXPLICIT_OPTIMIZER} (the rule sets {given}, which optimizer=auto would ignore)")
     return arguments
 
 
@@ -235,9 +232,10 @@ def train(
     model = YOLO(base)
     if on_epoch is not None:
         model.add_callback("on_fit_epoch_end", on_epoch)
-    arguments = training_arguments(
-        {"imgsz": imgsz, "batch": batch, **hyperparameters}
-    )  # a tuned imgsz or batch wins over the rule's
+    arguments = training_arguments({"imgsz": imgsz, "batch": batch, **hyperparameters})  # tuned ones win
+    if arguments.get("optimizer") != hyperparameters.get("optimizer"):
+        given = ", ".join(f"{k}={arguments[k]}" for k in OPTIMIZER_ARGUMENTS if k in arguments)
+        print(f"optimizer: {arguments['optimizer']} (the rule sets {given}, which optimizer=auto would ignore)")
     model.train(
         data=str(data_yaml),
         epochs=epochs,
