@@ -159,6 +159,9 @@ class PipelineSettings(_Group):
     """Share of images held out for validation when a dataset has no train/val folders."""
     max_bad_fraction: float = Field(default=0.05, ge=0, le=1)
     """Validation fails the run when more than this share of items is bad (otherwise they are excluded)."""
+    max_background_fraction: float = Field(default=0.5, ge=0, le=1)
+    """Validation fails the run when more than this share of images has no label file (an image without one
+    is a background, trained on as an image without objects; many at once mean labels were not uploaded)."""
 
 
 class MlflowSettings(_Group):

@@ -76,10 +76,12 @@ def materialize_dataset(
 def validate_dataset(
     raw: dsl.Input[dsl.Dataset],
     max_bad_fraction: float,
+    max_background_fraction: float,
     dataset: dsl.Output[dsl.Dataset],
     report: dsl.Output[dsl.Artifact],
 ) -> str:
-    """Check labels and images; exclude bad items; fail when too many are bad."""
+    """Check labels and images; exclude bad items; fail when too many are bad or have no labels; turn
+    polygons into boxes and clip boxes to the image."""
     import json
     import shutil
     from pathlib import Path
@@ -95,7 +97,12 @@ def validate_dataset(
     data["path"] = str(out)
     (out / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     try:
-        result = validating.validate(out, classes=len(data["names"]), max_bad_fraction=max_bad_fraction)
+        result = validating.validate(
+            out,
+            classes=len(data["names"]),
+            max_bad_fraction=max_bad_fraction,
+            max_background_fraction=max_background_fraction,
+        )
     finally:
         shutil.copyfile(out / "validation_report.json", report.path) if (
             out / "validation_report.json"

@@ -107,6 +107,7 @@ def build(*, image: str, config: settings_mod.PipelineSettings, shape: Shape) ->
         s3_secure: bool = True,
         val_fraction: float = config.val_fraction,
         max_bad_fraction: float = config.max_bad_fraction,
+        max_background_fraction: float = config.max_background_fraction,
         require_gpu: bool = False,
         code_version: str = "",
     ) -> str:
@@ -126,7 +127,11 @@ def build(*, image: str, config: settings_mod.PipelineSettings, shape: Shape) ->
             data=True,
         )
         val = _cluster(
-            c["validate_dataset"](raw=mat.outputs["dataset"], max_bad_fraction=max_bad_fraction),
+            c["validate_dataset"](
+                raw=mat.outputs["dataset"],
+                max_bad_fraction=max_bad_fraction,
+                max_background_fraction=max_background_fraction,
+            ),
             config,
             gpus=0,
             data=False,

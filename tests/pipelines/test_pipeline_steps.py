@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -63,11 +64,11 @@ def test_data_changed_after_the_snapshot_fails_clearly(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ("0 0.5 0.5 0.2\n", "labels/train/x.txt:1: expected 5 numbers (class x_center y_center width height), got 4"),
-        (
-            "0 0.5 0.5 0.2 0.2 9\n",
-            "labels/train/x.txt:1: expected 5 numbers (class x_center y_center width height), got 6",
-        ),
+        ("0 0.5 0.5 0.2\n", f"labels/train/x.txt:1: {validating.SHAPE}, got 4 numbers"),
+        ("0 0.5 0.5 0.2 0.2 9\n", f"labels/train/x.txt:1: {validating.SHAPE}, got 6 numbers"),
+        ("0 0.1 0.2 0.5 0.2 0.3\n", f"labels/train/x.txt:1: {validating.SHAPE}, got 6 numbers"),  # two points
+        ("0 0.1 0.2 0.5 0.2 1.3 0.6\n", "labels/train/x.txt:1: polygon point 1.3 is outside [0, 1]"),
+        ("0 0.1 0.2 0.5 0.2 0.3 0.2\n", "labels/train/x.txt:1: the polygon encloses no area"),
         ("0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.2 0.2\n", "labels/train/x.txt:2: class 7 is not in the class list (0-2)"),
         ("1.5 0.5 0.5 0.2 0.2\n", "labels/train/x.txt:1: class 1.5 is not in the class list (0-2)"),
         ("-1 0.5 0.5 0.2 0.2\n", "labels/train/x.txt:1: class -1 is not in the class list (0-2)"),
@@ -98,16 +99,17 @@ def test_validation_excludes_bad_items_and_reports_them(tmp_path: Path) -> None:
     train_images[0].write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")  # corrupt image
     (root / "labels" / "train" / f"{train_images[1].stem}.txt").write_text("5 0.5 0.5 0.1 0.1\n")  # class out of range
     (root / "labels" / "train" / "orphan.txt").write_text("0 0.5 0.5 0.1 0.1\n")  # label without image
-    (root / "labels" / "train" / f"{train_images[2].stem}.txt").unlink()  # image without label
+    (root / "labels" / "train" / f"{train_images[2].stem}.txt").unlink()  # image without label: a background
     report = validating.validate(root, classes=3, max_bad_fraction=0.2)
     problems = "\n".join(report.problems)
     assert f"images/train/{train_images[0].name}: image cannot be decoded" in problems
     assert f"labels/train/{train_images[1].stem}.txt:1: class 5 is not in the class list (0-2)" in problems
     assert "labels/train/orphan.txt: no image for this label" in problems
-    assert f"images/train/{train_images[2].name}: no label file" in problems
-    assert len(report.excluded) == 4
+    assert len(report.excluded) == 3
+    assert report.backgrounds == [f"train/{train_images[2].stem}"]
+    assert train_images[2].exists()
     assert not train_images[0].exists()  # excluded items are removed from the dataset
-    assert report.per_split == {"train": 17, "val": 20}
+    assert report.per_split == {"train": 18, "val": 20}
     saved = json.loads((root / "validation_report.json").read_text())
     assert saved["excluded"] == report.excluded
 
@@ -214,3 +216,59 @@ def test_tuned_lr0_and_momentum_reach_the_optimizer_and_train_different_models(t
     assert training.training_arguments({"lr0": 0.01})["optimizer"] == "SGD"
     assert training.training_arguments({"lr0": 0.01, "optimizer": "AdamW"})["optimizer"] == "AdamW"
     assert "optimizer" not in training.training_arguments({"mosaic": 0.5})
+
+
+def test_polygons_become_boxes_and_boxes_past_the_edge_are_clipped() -> None:
+    text = "0 0.1 0.2 0.5 0.2 0.3 0.6\n1 0.05 0.5 0.2 0.2\n2 0.5 0.5 0.2 0.2\n"
+    read = validating.read_label(text, name="labels/train/x.txt", classes=3)
+    assert read.problems == []
+    assert read.lines == [
+        "0 0.300000 0.400000 0.400000 0.400000",  # the polygon's bounding box, as Ultralytics' segments2boxes
+        "1 0.075000 0.500000 0.150000 0.200000",  # reached 0.05 past the left edge: clipped to it
+        "2 0.5 0.5 0.2 0.2",  # inside: untouched
+    ]
+    assert (read.polygons, read.clipped) == (1, 1)
+
+
+@pytest.mark.slow
+def test_real_photos_with_backgrounds_polygons_and_edge_boxes_validate_and_train(tmp_path: Path) -> None:
+    """The issue's case on the real COCO photos: 4 of 24 images without a label file failed the run (bad share
+    above 5 %); they are backgrounds now, reported, and Ultralytics trains on the result, converted polygon and
+    clipped box included. Too many backgrounds (labels never uploaded) fail with a message that says so."""
+    from pipelines.steps import training
+
+    coco = SHARED / "datasets" / "coco-mini"
+    root = tmp_path / "coco"
+    shutil.copytree(coco, root)
+    names = yaml.safe_load((coco / "data.yaml").read_text())["names"]
+    (root / "data.yaml").write_text(
+        yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val", "names": names})
+    )
+    labels = sorted((root / "labels" / "train").glob("*.txt"))
+    for label in labels[:4]:
+        label.unlink()
+    labels[4].write_text(labels[4].read_text() + "0 0.2 0.2 0.6 0.25 0.4 0.7\n")  # a segmentation polygon
+    labels[5].write_text(labels[5].read_text() + "0 0.98 0.5 0.1 0.2\n")  # reaches past the right edge
+    report = validating.validate(root, classes=len(names), max_bad_fraction=0.05)
+    assert report.excluded == []
+    assert len(report.backgrounds) == 4 and report.background_share == pytest.approx(4 / 24)
+    assert (report.polygons_converted, report.boxes_clipped) == (1, 1)
+    assert labels[4].read_text().splitlines()[-1] == "0 0.400000 0.450000 0.400000 0.500000"
+    assert labels[5].read_text().splitlines()[-1] == "0 0.965000 0.500000 0.070000 0.200000"
+    saved = json.loads((root / "validation_report.json").read_text())
+    assert saved["backgrounds"] == report.backgrounds and saved["polygons_converted"] == 1
+    weights = training.train(
+        data_yaml=root / "data.yaml",
+        base="yolov8n.yaml",
+        epochs=1,
+        imgsz=64,
+        batch=8,
+        hyperparameters={},
+        device="cpu",
+        out_dir=tmp_path / "train",
+    )
+    assert weights.exists()
+    for label in sorted((root / "labels" / "train").glob("*.txt"))[:8]:
+        label.unlink()
+    with pytest.raises(validating.DatasetInvalid, match=r"12 of 24 images have no label file \(50.0% > max 25.0%"):
+        validating.validate(root, classes=len(names), max_bad_fraction=0.05, max_background_fraction=0.25)
