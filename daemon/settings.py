@@ -130,6 +130,15 @@ class PipelineSettings(_Group):
     """CPU request of a GPU task (Kubernetes quantity)."""
     memory_limit: str = "16Gi"
     """Memory limit of a GPU task (an integer Kubernetes quantity, e.g. 16Gi)."""
+    workers: int | None = Field(default=None, ge=0, le=64)
+    """DataLoader worker processes of training and evaluation (unset: ``cpu_request`` minus one for the main
+    process, at most 8)."""
+    plots: bool = True
+    """Ultralytics' training plots (PR and F1 curves, confusion matrix, results), logged to MLflow under
+    ``plots/`` with ``results.csv``."""
+    deterministic: bool = True
+    """Deterministic training: the same data and seed give the same weights (on a GPU this costs speed; set
+    false where throughput matters more than reproducibility)."""
     shm_size: str = "2Gi"
     """Size of the memory-backed /dev/shm emptyDir: PyTorch DataLoader workers need more than the
     container default of 64Mi ("Bus error ... out of shared memory"); never privileged or hostIPC."""
@@ -162,6 +171,21 @@ class PipelineSettings(_Group):
     max_background_fraction: float = Field(default=0.5, ge=0, le=1)
     """Validation fails the run when more than this share of images has no label file (an image without one
     is a background, trained on as an image without objects; many at once mean labels were not uploaded)."""
+
+    def trainer_options(self) -> dict[str, object]:
+        """What the training and evaluation steps get (``pipelines.steps.training.TrainerOptions``)."""
+        return {"workers": self.dataloader_workers(), "plots": self.plots, "deterministic": self.deterministic}
+
+    def dataloader_workers(self) -> int:
+        """``workers``, else the task's CPU request minus one (the main process), between 0 and 8."""
+        if self.workers is not None:
+            return self.workers
+        quantity = self.cpu_request.strip()
+        try:
+            cpus = float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+        except ValueError:
+            return 0
+        return max(0, min(8, int(cpus) - 1))
 
 
 class MlflowSettings(_Group):

@@ -153,6 +153,7 @@ def run_trial(
     experiment: str,
     run_key: str,
     rule: str,
+    trainer_json: str,
     metrics: dsl.Output[dsl.Metrics],
 ) -> dict:
     """Train a short trial (an MLflow child run of the tuning run, pruned when it falls behind the earlier
@@ -179,6 +180,7 @@ def run_trial(
             batch=batch,
             device=training.device_for(gpus),
             out_dir=Path(workdir),
+            options=training.TrainerOptions.from_json(trainer_json),
         )
     metrics.log_metric("map50_95", result["map50_95"])
     metrics.log_metric("map50", result["map50"])
@@ -217,6 +219,7 @@ def train_model(
     run_key: str,
     rule: str,
     code_version: str,
+    trainer_json: str,
     model: dsl.Output[dsl.Model],
 ) -> str:
     """Train in full, tracked in MLflow under a run named by the run key; log a pyfunc model."""
@@ -251,6 +254,7 @@ def train_model(
         hyperparameters=json.loads(hyperparameters_json),
         device=training.device_for(gpus),
         out_dir=out / "work",
+        options=training.TrainerOptions.from_json(trainer_json),
     )
     shutil.copyfile(info["weights"], out / "best.pt")
     shutil.rmtree(out / "work", ignore_errors=True)
@@ -268,6 +272,8 @@ def evaluate_and_promote(
     gpus: int,
     mlflow_tracking_uri: str,
     run_key: str,
+    batch: int,
+    trainer_json: str,
 ) -> str:
     """Evaluate candidate and champion on the same validation split; register (once per run key); move the
     alias if better. Returns the gate's outcome (:class:`daemon.model.outcomes.GateOutcome` as JSON)."""
@@ -293,6 +299,8 @@ def evaluate_and_promote(
             policy=rules.PromotionSpec.model_validate(json.loads(promotion_json)),
             run_key=run_key,
             workdir=Path(workdir),
+            batch=batch,
+            options=training.TrainerOptions.from_json(trainer_json),
         )
     result = json.dumps(outcome.to_json())
     print(result)

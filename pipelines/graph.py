@@ -9,6 +9,7 @@ type and count, ``/dev/shm``, the dataset PVC, secrets as environment, retries, 
 tolerations, the image) come from ``settings.pipeline`` and are ignored by ``kfp.local``.
 """
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,7 @@ def build(*, image: str, config: settings_mod.PipelineSettings, shape: Shape) ->
         val_fraction: float = config.val_fraction,
         max_bad_fraction: float = config.max_bad_fraction,
         max_background_fraction: float = config.max_background_fraction,
+        trainer_json: str = json.dumps(config.trainer_options()),
         require_gpu: bool = False,
         code_version: str = "",
     ) -> str:
@@ -168,6 +170,7 @@ def build(*, image: str, config: settings_mod.PipelineSettings, shape: Shape) ->
                         experiment=experiment,
                         run_key=run_key,
                         rule=rule,
+                        trainer_json=trainer_json,
                     ),
                     config,
                     gpus=min(gpus, 1),
@@ -198,6 +201,7 @@ def build(*, image: str, config: settings_mod.PipelineSettings, shape: Shape) ->
                 run_key=run_key,
                 rule=rule,
                 code_version=code_version,
+                trainer_json=trainer_json,
             ),
             config,
             gpus=gpus,
@@ -214,6 +218,8 @@ def build(*, image: str, config: settings_mod.PipelineSettings, shape: Shape) ->
                 gpus=gpus,
                 mlflow_tracking_uri=mlflow_tracking_uri,
                 run_key=run_key,
+                batch=batch,
+                trainer_json=trainer_json,
             ),
             config,
             gpus=gpus,

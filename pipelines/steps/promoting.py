@@ -82,6 +82,8 @@ def evaluate_and_promote(
     policy: rules.PromotionSpec,
     run_key: str,
     workdir: Path,
+    batch: int = 16,
+    options: training.TrainerOptions = training.DEFAULT_OPTIONS,
 ) -> outcomes.GateOutcome:
     """Evaluate, gate, register (once per run key) and maybe promote. Returns the gate's outcome."""
     import mlflow
@@ -94,15 +96,23 @@ def evaluate_and_promote(
             print(f"run {run_key} already has a gate decision for v{done.version}: {done.decision} (a retried task)")
             return done
     champion = registry_.champion(registered_name)
-    candidate_eval = training.evaluate(
-        weights=candidate_weights, data_yaml=data_yaml, imgsz=imgsz, device=device, out_dir=workdir / "candidate"
-    )
+
+    def evaluated(weights: Path, folder: str) -> outcomes.Evaluation:  # both on the same images, the same way
+        return training.evaluate(
+            weights=weights,
+            data_yaml=data_yaml,
+            imgsz=imgsz,
+            device=device,
+            out_dir=workdir / folder,
+            batch=batch,
+            options=options,
+        )
+
+    candidate_eval = evaluated(candidate_weights, "candidate")
     champion_eval = None
     if champion is not None:
         weights = _champion_weights(registered_name, champion.version, workdir=workdir)
-        champion_eval = training.evaluate(
-            weights=weights, data_yaml=data_yaml, imgsz=imgsz, device=device, out_dir=workdir / "champion"
-        )
+        champion_eval = evaluated(weights, "champion")
     verdict = gating.gate(candidate=candidate_eval, champion=champion_eval, policy=policy)
     metrics = {f"val_{k}": v for k, v in candidate_eval.to_json().items() if k != "per_class"}
     if champion_eval is not None:

@@ -123,6 +123,7 @@ def run_trial(
     batch: int,
     device: str,
     out_dir: Any,
+    options: training.TrainerOptions = training.DEFAULT_OPTIONS,
 ) -> dict[str, Any]:
     """Train one trial in its MLflow child run, pruned when it falls behind the earlier trials; its result.
     A retried task returns the result its earlier attempt recorded."""
@@ -172,6 +173,7 @@ def run_trial(
             device=device,
             out_dir=out_dir,
             on_epoch=training.epoch_logger(epochs, then=judge),
+            options=options,
         )
         found = training.evaluate(
             weights=weights,
@@ -179,6 +181,8 @@ def run_trial(
             imgsz=int(hyperparameters.get("imgsz", imgsz)),
             device=device,
             out_dir=out_dir / "val",
+            batch=int(hyperparameters.get("batch", batch)),
+            options=options,
         )
         values = {"map50_95": found.map50_95, "map50": found.map50}
         mlflow.log_metrics(values)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,32 @@ from pipelines.steps.offline import prepare_offline
 
 #: Run tag holding the logged model's URI once training finished (what a retry reuses).
 MODEL_URI_TAG = "retrain.model_uri"
+#: What the training's folder holds that is logged under ``plots/``: Ultralytics' curves, confusion
+#: matrices and results plot (with ``plots``), and its per-epoch ``results.csv`` (always).
+PLOT_SUFFIXES = (".png", ".csv")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainerOptions:
+    """How Ultralytics trains and evaluates, from the daemon's ``pipeline`` settings
+    (``PipelineSettings.trainer_options``): DataLoader workers, plots, determinism."""
+
+    workers: int = 0
+    plots: bool = False
+    deterministic: bool = True
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainerOptions:
+        data = json.loads(text) if text else {}
+        return cls(
+            workers=int(data.get("workers", 0)),
+            plots=bool(data.get("plots", False)),
+            deterministic=bool(data.get("deterministic", True)),
+        )
+
+
+#: The options of a step called without any (tests, the benchmark): no workers, no plots, deterministic.
+DEFAULT_OPTIONS = TrainerOptions()
 
 
 def device_for(gpus: int) -> str:
@@ -34,7 +61,16 @@ def _finite(value: Any) -> float:
     return number if math.isfinite(number) else math.nan
 
 
-def evaluate(*, weights: Path, data_yaml: Path, imgsz: int, device: str, out_dir: Path) -> outcomes.Evaluation:
+def evaluate(
+    *,
+    weights: Path,
+    data_yaml: Path,
+    imgsz: int,
+    device: str,
+    out_dir: Path,
+    batch: int = 16,
+    options: TrainerOptions = DEFAULT_OPTIONS,
+) -> outcomes.Evaluation:
     """mAP50-95, mAP50 and per-class AP50-95 (by class name) on the validation split.
 
     Ultralytics writes its validation files under ``out_dir`` (by default it would pick ``runs/`` of the
@@ -48,8 +84,8 @@ def evaluate(*, weights: Path, data_yaml: Path, imgsz: int, device: str, out_dir
         device=device,
         plots=False,
         verbose=False,
-        workers=0,
-        batch=16,
+        workers=options.workers,
+        batch=batch,
         project=str(out_dir),
         name="val",
         exist_ok=True,
@@ -124,6 +160,7 @@ def train_tracked(
     hyperparameters: dict[str, Any],
     device: str,
     out_dir: Path,
+    options: TrainerOptions = DEFAULT_OPTIONS,
 ) -> dict[str, str]:
     """Train inside the MLflow run of ``run_key`` (found by its tag, created once): params, per-epoch
     metrics, weights and a pyfunc model. A retry of a finished training returns the finished run.
@@ -168,8 +205,12 @@ def train_tracked(
             hyperparameters=hyperparameters,
             device=device,
             out_dir=out_dir,
+            options=options,
         )
         mlflow.log_artifact(str(weights), artifact_path="weights")
+        for plot in sorted(weights.parent.parent.iterdir()):  # the training folder: weights/ is below it
+            if plot.is_file() and plot.suffix in PLOT_SUFFIXES:
+                mlflow.log_artifact(str(plot), artifact_path="plots")
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=pyfunc.YoloDetector(),
@@ -223,6 +264,7 @@ def train(
     device: str,
     out_dir: Path,
     on_epoch: Any = None,
+    options: TrainerOptions = DEFAULT_OPTIONS,
 ) -> Path:
     """Train from ``base`` (a weights file or a model config: :func:`pipelines.steps.bases.model_argument`)
     and return the best weights; ``on_epoch(trainer)`` is called after each epoch's validation."""
@@ -240,13 +282,13 @@ def train(
         data=str(data_yaml),
         epochs=epochs,
         device=device,
-        workers=0,
-        plots=False,
+        workers=options.workers,
+        plots=options.plots,
         project=str(out_dir),
         name="train",
         exist_ok=True,
         seed=0,
-        deterministic=True,
+        deterministic=options.deterministic,
         verbose=False,
         amp=device != "cpu",
         **arguments,

@@ -195,3 +195,11 @@ def test_nested_values_come_from_json_in_the_environment() -> None:
 def test_launcher_kfp_needs_a_place_for_run_inputs_a_pod_can_read() -> None:
     with pytest.raises(errors.ConfigErrors, match="kfp.inputs_uri"):
         settings.load(environ={"RETRAIN_KFP__LAUNCHER": "kfp", "RETRAIN_KFP__HOST": "http://kfp"})
+
+
+@pytest.mark.parametrize(("cpu_request", "workers"), [("2", 1), ("500m", 0), ("1500m", 0), ("3.5", 2), ("64", 8)])
+def test_dataloader_workers_follow_the_task_s_cpu_request(cpu_request: str, workers: int) -> None:
+    pipeline = settings.PipelineSettings(cpu_request=cpu_request)
+    assert pipeline.dataloader_workers() == workers
+    assert pipeline.trainer_options() == {"workers": workers, "plots": True, "deterministic": True}
+    assert settings.PipelineSettings(cpu_request=cpu_request, workers=3).dataloader_workers() == 3

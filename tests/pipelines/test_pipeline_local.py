@@ -167,6 +167,8 @@ def test_champion_moves_only_on_improvement(
     history = mlflow.get_metric_history(run2.info.run_id, "metrics/mAP50-95B")
     assert {m.step for m in history} >= set(range(1, 31))  # every epoch (and the final validation)
     assert run2.data.params["epochs"] == "30"
+    plots = {Path(a.path).name for a in mlflow.list_artifacts(run2.info.run_id, "plots")}
+    assert {"results.csv", "confusion_matrix.png", "BoxPR_curve.png"} <= plots, plots  # pipeline.plots: on
 
     # The champion serves predictions through its pyfunc flavour.
     import mlflow as mlflow_module
