@@ -120,7 +120,13 @@ def evaluate_and_promote(
     client = registry_.client
     with registry_.calling(f"logging the evaluation of {run_key}"):
         client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, float(v), 0, 0) for k, v in metrics.items()])
+    with registry_.calling(f"reading the lineage of run {run_id}"):
+        run_tags: dict[str, str] = dict(client.get_run(run_id).data.tags)
+    lineage: dict[str, str] = {
+        k: run_tags[k] for k in (tags.RULE, tags.DATASET_FINGERPRINT, tags.CODE_VERSION) if k in run_tags
+    }
     version_tags = {
+        **lineage,  # the rule, the data and the code the version came from
         tags.RUN_KEY: run_key,
         f"{tags.METRIC_PREFIX}map50_95": f"{candidate_eval.map50_95:.6f}",
         f"{tags.METRIC_PREFIX}map50": f"{candidate_eval.map50:.6f}",

@@ -195,6 +195,8 @@ def train_tracked(
             effective = training_arguments({"imgsz": imgsz, "batch": batch, **hyperparameters})
             mlflow.log_params({"base": base, "epochs": epochs, "device": device, **effective})
 
+        if previous is None:
+            log_lineage(data_yaml.parent)
         weights = train(
             on_epoch=epoch_logger(epochs),
             data_yaml=data_yaml,
@@ -219,6 +221,30 @@ def train_tracked(
         )
         mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
         return {"run_id": run.info.run_id, "model_uri": info.model_uri, "weights": str(weights)}
+
+
+def log_lineage(dataset_dir: Path) -> None:
+    """The dataset in the active MLflow run: ``mlflow.log_input`` of the snapshot (its source, name and
+    fingerprint: MLflow's UI shows the lineage), and the manifest and validation report as artifacts under
+    ``lineage/``."""
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    manifest = json.loads((dataset_dir / "manifest.json").read_text())
+    with warnings.catch_warnings():  # a file:// URI matches two equivalent local sources; MLflow warns
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(manifest["source"]))
+    # MLflow keeps at most 36 characters of a digest; the whole fingerprint is the run's tag.
+    snapshot = MetaDataset(  # type: ignore[abstract]  # MLflow's documented way; `profile` has a default
+        source=source, name=str(manifest["dataset"]), digest=str(manifest["fingerprint"])[:36]
+    )
+    mlflow.log_input(snapshot, context="training")
+    for name in ("manifest.json", "validation_report.json"):
+        if (dataset_dir / name).exists():
+            mlflow.log_artifact(str(dataset_dir / name), artifact_path="lineage")
 
 
 def weights_digest(weights: Path) -> str:

@@ -153,6 +153,8 @@ def test_champion_moves_only_on_improvement(
     assert mlflow.get_model_version_by_alias("shapes-detector", tags.CHAMPION_ALIAS).version == "2"
     for version, decision in (("1", "promoted"), ("2", "promoted"), ("3", "rejected")):
         version_tags = mlflow.get_model_version("shapes-detector", version).tags
+        assert version_tags[tags.RULE] == "shapes"
+        assert len(version_tags[tags.DATASET_FINGERPRINT]) == 64
         assert version_tags[tags.GATE_DECISION] == decision
         assert version_tags[tags.GATE_REASON]
         assert float(version_tags[f"{tags.METRIC_PREFIX}map50_95"]) >= 0
@@ -167,6 +169,10 @@ def test_champion_moves_only_on_improvement(
     history = mlflow.get_metric_history(run2.info.run_id, "metrics/mAP50-95B")
     assert {m.step for m in history} >= set(range(1, 31))  # every epoch (and the final validation)
     assert run2.data.params["epochs"] == "30"
+    [snapshot] = run2.inputs.dataset_inputs  # the dataset lineage MLflow's UI shows
+    assert snapshot.dataset.digest == fingerprint[:36] and snapshot.tags[0].value == "training"
+    lineage = {Path(a.path).name for a in mlflow.list_artifacts(run2.info.run_id, "lineage")}
+    assert lineage == {"manifest.json", "validation_report.json"}
     plots = {Path(a.path).name for a in mlflow.list_artifacts(run2.info.run_id, "plots")}
     assert {"results.csv", "confusion_matrix.png", "BoxPR_curve.png"} <= plots, plots  # pipeline.plots: on
 
