@@ -3,8 +3,12 @@
 - Reads each object from S3 or the mounted PV and checks it is still the version the snapshot recorded
   (etag for S3, size:mtime for files): data that changed after the snapshot fails the step clearly, and the
   daemon will decide again on the new data.
-- Keeps the dataset's own ``train``/``val`` folders where it has them; otherwise splits by a hash of the
-  image name, so an image never moves between splits as the dataset grows (stable holdout).
+- Understands the layouts datasets come in: ``images/{train,val,valid,test}/`` with ``labels/`` beside
+  (YOLO, Ultralytics' exports), ``{train,valid,test}/{images,labels}/`` (Roboflow's export), and
+  ``images/`` + ``labels/`` without split folders. ``valid`` (or ``validation``) is the validation split;
+  a ``test`` split is kept out of training (``data.yaml``'s ``test``).
+- Keeps the dataset's own splits where it has them; otherwise splits by a hash of the image name, so an
+  image never moves between splits as the dataset grows (stable holdout).
 - Writes ``data.yaml`` and a copy of the manifest (lineage).
 """
 
@@ -25,6 +29,9 @@ from daemon.engine import snapshots
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SPLITS = ("train", "val")
+#: Split folder names as datasets spell them, and the split each one is.
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+KINDS = ("images", "labels")
 
 
 class DataChanged(RuntimeError):
@@ -91,16 +98,18 @@ def read_manifest(uri: str, *, s3_endpoint: str = "", s3_secure: bool = True) ->
     return Manifest.from_json(data)
 
 
-def _split_of(key: str, *, val_fraction: float) -> tuple[str, str, str]:
-    """(kind, split, stem) of a key like ``images/train/a/b.jpg`` or ``labels/a/b.txt``."""
-    kind, _, rest = key.partition("/")
-    first, _, remainder = rest.partition("/")
-    if first in SPLITS and remainder:
-        split, inner = first, remainder
+def _layout_of(key: str) -> tuple[str, str, str]:
+    """(kind, declared split or "", stem) of a key in any understood layout; kind "" for other files."""
+    parts = key.split("/")
+    if parts[0] in KINDS:  # images/[split/]..., labels/[split/]...
+        kind, rest = parts[0], parts[1:]
+        split = SPLIT_NAMES.get(rest[0], "") if len(rest) > 1 else ""
+        inner = rest[1:] if split else rest
+    elif len(parts) > 2 and parts[0] in SPLIT_NAMES and parts[1] in KINDS:  # Roboflow: split/images/...
+        kind, split, inner = parts[1], SPLIT_NAMES[parts[0]], parts[2:]
     else:
-        split, inner = "", rest
-    stem = inner.rsplit(".", 1)[0]
-    return kind, split or hash_split(stem, val_fraction=val_fraction), stem
+        return "", "", ""
+    return kind, split, "/".join(inner).rsplit(".", 1)[0]
 
 
 def _target(out: Path, kind: str, split: str, stem: str, suffix: str) -> Path:
@@ -121,17 +130,17 @@ def materialize(
     bucket, _, prefix = manifest.source.removeprefix("s3://").partition("/")
     root = Path(unquote(urlparse(manifest.source).path)) if client is None else None
     counts: dict[str, int] = {}
-    # Images decide the split; labels follow their image (same stem).
+    # Without split folders, images decide the split and labels follow their image (same stem).
     image_split: dict[str, str] = {}
     for key, _ in manifest.items:
-        kind, split, stem = _split_of(key, val_fraction=val_fraction)
-        if kind == "images":
-            image_split[stem] = split
+        kind, declared, stem = _layout_of(key)
+        if kind == "images" and not declared:
+            image_split[stem] = hash_split(stem, val_fraction=val_fraction)
     for key, version in manifest.items:
-        kind, split, stem = _split_of(key, val_fraction=val_fraction)
-        if kind not in ("images", "labels"):
+        kind, declared, stem = _layout_of(key)
+        if kind not in KINDS:
             continue
-        split = image_split.get(stem, split)
+        split = declared or image_split.get(stem) or hash_split(stem, val_fraction=val_fraction)
         suffix = "." + key.rsplit(".", 1)[-1].lower()
         target = _target(out_dir, kind, split, stem, suffix)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -142,12 +151,10 @@ def materialize(
             _copy_file(root / key, version, target, key)
         counts[f"{kind}/{split}"] = counts.get(f"{kind}/{split}", 0) + 1
     names = manifest.classes or _infer_classes(out_dir)
-    data = {
-        "path": str(out_dir),
-        "train": "images/train",
-        "val": "images/val",
-        "names": dict(enumerate(names)),
-    }
+    data: dict[str, Any] = {"path": str(out_dir), "train": "images/train", "val": "images/val"}
+    if counts.get("images/test"):
+        data["test"] = "images/test"  # kept out of training and of the best-epoch choice
+    data["names"] = dict(enumerate(names))
     (out_dir / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     (out_dir / "manifest.json").write_text(json.dumps(manifest.to_json()))
     return {"fingerprint": manifest.fingerprint, "counts": counts, "classes": list(names)}
@@ -192,7 +199,7 @@ def manifest_for_folder(root: Path, *, dataset: str, classes: list[str] | None =
     items = []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
-        if path.is_file() and rel.split("/")[0] in ("images", "labels") and not path.name.startswith("."):
+        if path.is_file() and _layout_of(rel)[0] in KINDS and not path.name.startswith("."):
             stat = path.stat()
             items.append((rel, f"{stat.st_size}:{stat.st_mtime_ns}"))
     digest = snapshots.fingerprint(items) or ""

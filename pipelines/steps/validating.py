@@ -32,6 +32,8 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 SPLITS = ("train", "val")
+#: Validated when the dataset has it, never required: the test split is kept out of training.
+OPTIONAL_SPLITS = ("test",)
 
 
 class DatasetInvalid(RuntimeError):
@@ -212,7 +214,9 @@ def validate(
             exceeds ``max_background_fraction``, or a split ends up empty.
     """
     report = Report()
-    for split in SPLITS:
+    for split in SPLITS + OPTIONAL_SPLITS:
+        if split in OPTIONAL_SPLITS and not (dataset_dir / "images" / split).is_dir():
+            continue
         images = {p.stem: p for p in (dataset_dir / "images" / split).glob("*") if p.is_file()}
         labels = {p.stem: p for p in (dataset_dir / "labels" / split).glob("*.txt")}
         for stem in sorted(set(images) | set(labels)):
@@ -240,6 +244,6 @@ def validate(
             f"> max {max_background_fraction:.1%} backgrounds); were their labels uploaded? first: {shown}"
         )
     for split, count in report.per_split.items():
-        if count == 0:
+        if count == 0 and split in SPLITS:
             raise DatasetInvalid(f"split {split!r} is empty after validation: no images left in it")
     return report

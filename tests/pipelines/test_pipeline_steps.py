@@ -47,6 +47,43 @@ def test_explicit_splits_are_kept_and_data_yaml_written(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["fingerprint"] == manifest.fingerprint
 
 
+def _coco_as(root: Path, layout: str) -> list[str]:
+    """The COCO photos rearranged: ``roboflow`` (``{train,valid,test}/{images,labels}``) or ``valid-test``
+    (``images/{train,valid,test}``); 5 of the 8 validation photos stay validation, 3 become the test split."""
+    coco = SHARED / "datasets" / "coco-mini"
+    for split in ("train", "val"):
+        for image in sorted((coco / "images" / split).iterdir()):
+            index = sorted((coco / "images" / split).iterdir()).index(image)
+            target = split if split == "train" else ("valid" if index < 5 else "test")
+            for kind, path in (("images", image), ("labels", coco / "labels" / split / f"{image.stem}.txt")):
+                folder = root / target / kind if layout == "roboflow" else root / kind / target
+                folder.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, folder / path.name)
+    return list(yaml.safe_load((coco / "data.yaml").read_text())["names"].values())
+
+
+@pytest.mark.parametrize("layout", ["roboflow", "valid-test"])
+def test_valid_is_validation_and_test_is_kept_out_of_training_in_every_layout(tmp_path: Path, layout: str) -> None:
+    """Before: Roboflow's export gave an empty manifest, and ``images/{valid,test}`` went into training
+    (``valid`` and ``test`` were not split names, so their photos were hash-split with the rest)."""
+    names = _coco_as(tmp_path / "data", layout)
+    manifest = materializing.manifest_for_folder(tmp_path / "data", dataset="coco", classes=names)
+    assert len(manifest.items) == 48
+    summary = materializing.materialize(manifest, out_dir=tmp_path / "ds")
+    assert summary["counts"] == {
+        "images/train": 16,
+        "labels/train": 16,
+        "images/val": 5,
+        "labels/val": 5,
+        "images/test": 3,
+        "labels/test": 3,
+    }
+    data = yaml.safe_load((tmp_path / "ds" / "data.yaml").read_text())
+    assert (data["train"], data["val"], data["test"]) == ("images/train", "images/val", "images/test")
+    report = validating.validate(tmp_path / "ds", classes=len(names), max_bad_fraction=0.0)
+    assert report.per_split == {"train": 16, "val": 5, "test": 3}  # the test split is checked too
+
+
 def test_data_changed_after_the_snapshot_fails_clearly(tmp_path: Path) -> None:
     root = tmp_path / "data"
     synthetic.generate(root, count=3, seed=1)
