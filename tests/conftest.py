@@ -62,7 +62,8 @@ def mlflow_server(
 
 @pytest.fixture(scope="session", autouse=True)
 def _mount_points() -> Iterator[None]:
-    """Pods create missing mount points; they are removed (when empty) once the session is over."""
+    """Pods create missing mount points; they are removed (when empty) once the last session is over."""
+    pods.session_started()
     yield
     pods.remove_mount_points()
 

@@ -13,9 +13,11 @@ these machines):
   ``/root``) re-exposed alone, everything else of that parent hidden behind an empty tmpfs.
 
 Mount points that do not exist on this machine (``/etc/retrain/rules``, ``/data``) are created as empty
-folders, as a container runtime creates them in an image, and removed (when empty) at the end of the test
-session: not when one pod ends, since removing a folder that is a mount point in another pod's namespace
-would unmount it there.
+folders, as a container runtime creates them in an image, and removed (when empty) when the last test
+session on this machine ends: not when one pod ends, nor when one of two sessions running side by side
+ends, since removing a folder that is a mount point in another pod's namespace unmounts it there (a
+daemon pod of the other session then sees its rules folder empty: found when a developer's test run
+overlapped a CI run on the same machine).
 
 ``python -m tests.support.pods SPEC.json`` runs as root inside ``unshare --mount``, sets all of that up,
 drops to the pod's user and ``exec``s the container's command. :func:`start` is the caller's side.
@@ -119,8 +121,27 @@ class Pod:
             self.process.wait(30)
 
 
-#: The mount points pods created this session, one per line (several processes start pods).
+#: The mount points pods created, one per line, by every session on this machine (several processes start
+#: pods).
 MADE = Path(tempfile.gettempdir()) / "retrain-tests-mount-points.txt"
+#: One file per live test session (named by its process id): mount points are removed by the last one.
+SESSIONS = Path(tempfile.gettempdir()) / "retrain-tests-sessions"
+
+
+def session_started() -> None:
+    """Register this test session: its pods' mount points stay while it runs."""
+    SESSIONS.mkdir(exist_ok=True)
+    (SESSIONS / str(os.getpid())).touch()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _make_mount_points(targets: Sequence[str]) -> list[Path]:
@@ -139,9 +160,12 @@ def _make_mount_points(targets: Sequence[str]) -> list[Path]:
 
 
 def remove_mount_points() -> None:
-    """At the end of the session: remove the (empty) mount points pods created."""
-    if not MADE.exists():
-        return
+    """At the end of a session: unregister it; the last live session removes the (empty) mount points pods
+    created, any session's."""
+    (SESSIONS / str(os.getpid())).unlink(missing_ok=True)
+    others = [p for p in SESSIONS.glob("*") if p.name.isdigit() and _alive(int(p.name))] if SESSIONS.is_dir() else []
+    if others or not MADE.exists():
+        return  # another session's pods may still have their volumes mounted there
     for line in sorted(set(MADE.read_text().splitlines()), key=len, reverse=True):
         with contextlib.suppress(OSError):
             Path(line).rmdir()
