@@ -29,7 +29,7 @@ class OutcomeRecorder:
     Args:
         journal: runs and promotions.
         mlflow: the registry, for runs that left no output.
-        rules: the rules in force, by name (a run's model comes from its rule).
+        rules: the rules in force, by name (for a run launched without its model in its parameters).
         metrics: promotions are counted.
         backend: the launcher's name, recorded with the run.
         clock: the current time.
@@ -63,10 +63,9 @@ class OutcomeRecorder:
                 return outcomes.GateOutcome.from_json(status.output)
             except (KeyError, TypeError, ValueError) as exc:
                 log.warning("run_output_unreadable", error=errors.truncate(str(exc)), action="read from MLflow")
-        loaded = self.rules().get(run.rule)
-        if loaded is None:
+        model = self.model_of(run)
+        if model is None:
             return None
-        model = loaded.rule.model.registered_name
         registered = self.mlflow.registered_by(model, run.run_key)
         if registered is None:
             return None
@@ -92,6 +91,15 @@ class OutcomeRecorder:
             candidate=registry.evaluation_from_tags(found_tags),
             recovered=True,
         )
+
+    def model_of(self, run: runs.RunRecord) -> str | None:
+        """The registered model the run was launched for (its launch parameters), else its rule's today: a
+        rule removed or edited while its run trained does not lose the run's outcome."""
+        launched = run.params.get("model")
+        if isinstance(launched, dict) and isinstance(launched.get("registered_name"), str):
+            return str(launched["registered_name"])
+        loaded = self.rules().get(run.rule)
+        return loaded.rule.model.registered_name if loaded is not None else None
 
     def finish(self, run: runs.RunRecord, status: launcher_base.RunStatus) -> None:
         """Journal the run's end and its promotion record (one transaction)."""

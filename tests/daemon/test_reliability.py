@@ -250,6 +250,65 @@ def test_a_dead_run_of_a_model_without_champion_is_recorded_not_pending_forever(
     assert sim.journal.promotions("lonely-detector") == []  # registered, never promoted: nothing changed
 
 
+@pytest.mark.services
+def test_a_run_whose_rule_was_removed_meanwhile_is_recorded_with_its_gate_decision(
+    mlflow_server: object, tmp_path: Path
+) -> None:
+    """The run's model comes from what it was launched with, not from the rules in force when it ends: a rule
+    removed (or its ConfigMap briefly empty) while its run trained left the run recorded as succeeded without
+    the gate's decision, though MLflow had it (found by the cluster test of the shipped rules)."""
+    from mlflow.tracking import MlflowClient
+
+    from daemon.http import metrics
+    from daemon.launchers import base as launcher_base
+    from daemon.model import tags
+    from daemon.registry import mlflow as registry
+    from daemon.rules import reloading
+    from daemon.runtime import recording
+    from tests.support.sim import Simulation, label, make_rule
+
+    url = mlflow_server.url  # type: ignore[attr-defined]
+    name = f"gone-{time.monotonic_ns()}"
+    rule = make_rule(name=name, quiet_period="0s")
+    sim = Simulation(rule)
+    sim.drop([label("a", dataset=name)])
+    launch = sim.step()
+    assert launch is not None
+    sim.journal.update_run(launch.run_key, runs.RunState.RUNNING, at=T0)
+    model = rule.model.registered_name
+    client = MlflowClient(tracking_uri=url)
+    client.create_registered_model(model)
+    mlflow_run = client.create_run(client.create_experiment(name)).info.run_id
+    version = client.create_model_version(model, source=f"runs:/{mlflow_run}/model", run_id=mlflow_run)
+    for key, value in {
+        tags.RUN_KEY: launch.run_key,
+        tags.GATE_DECISION: "rejected",
+        tags.GATE_REASON: "first model: map50_95 0.0 < first_model_min 0.1",
+    }.items():
+        client.set_model_version_tag(model, version.version, key, value)
+    recorder = recording.OutcomeRecorder(
+        journal=sim.journal,
+        mlflow=registry.Mlflow(tracking_uri=url),
+        rules=dict,  # the rule is gone
+        metrics=metrics.Metrics(
+            board=base.StatusBoard(),
+            journal=sim.journal,
+            rulebook=reloading.RuleBook(tmp_path),
+            clock=lambda: T0,
+            since_last_pass=lambda: 0.0,
+        ),
+        backend="kfp",
+        clock=lambda: T0,
+    )
+    done = launcher_base.RunStatus(run_key=launch.run_key, state=runs.RunState.SUCCEEDED, backend_run_id="x")
+    run = sim.journal.get_run(launch.run_key)
+    assert run is not None
+    recorder.finish(run, done)
+    final = sim.journal.get_run(launch.run_key)
+    assert final is not None and final.state is runs.RunState.SUCCEEDED
+    assert final.promotion["decision"] == "rejected" and final.promotion["model"] == model
+
+
 # --- 4. a rule's dataset moved --------------------------------------------------------------------------------
 def test_a_hot_reloaded_dataset_source_is_watched_at_its_new_location(daemon: Daemon) -> None:
     old, new = daemon.tmp / "old", daemon.tmp / "new"
