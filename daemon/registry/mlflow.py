@@ -107,6 +107,10 @@ def prepare_local_store(tracking_uri: str) -> None:
             os.link(scratch, path)
         except FileExistsError:
             return  # another process created it first: one complete store is as good as another
+        except OSError:  # a file system without hard links (some network and removable ones): rename instead
+            if path.exists():
+                return
+            os.replace(scratch, path)
         descriptor = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(descriptor)

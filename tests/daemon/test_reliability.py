@@ -155,7 +155,7 @@ def test_mlflow_errors_are_mapped_once_and_names_never_reach_a_filter_unchecked(
 
 
 def test_a_half_created_local_store_is_named_with_its_remedy_and_a_missing_one_is_created_whole(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A store left half-created by an older version (some of MLflow's tables, not all) is reported as what it
     is, naming the file and what to do; once moved aside, the next call creates a complete store, and no
@@ -186,6 +186,15 @@ def test_a_half_created_local_store_is_named_with_its_remedy_and_a_missing_one_i
     )
     assert opened.returncode == 0 and opened.stdout.strip() == "None", opened.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["aside.db", "mlflow.db"]
+    other = tmp_path / "no-links"  # a file system without hard links: the store is renamed into place
+    other.mkdir()
+
+    def no_links(source: object, target: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    assert registry.Mlflow(tracking_uri=f"sqlite:///{other / 'mlflow.db'}").champion("shelves-detector") is None
+    assert sorted(p.name for p in other.iterdir()) == ["mlflow.db"]
     assert registry.local_store("http://mlflow:5000") is None
     assert registry.local_store("sqlite:///:memory:") is None
     assert registry.local_store("sqlite:///rel/m.db?timeout=5") == Path("rel/m.db")
