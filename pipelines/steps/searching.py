@@ -100,7 +100,8 @@ def record_best(*, tracking_uri: str, tuning_run_id: str, best: Mapping[str, Any
     def record() -> None:
         client.client.log_metric(tuning_run_id, "best_map50_95", float(best["map50_95"]))
         client.client.log_metric(tuning_run_id, "trials_pruned", float(pruned))
-        client.client.set_tag(tuning_run_id, "retrain.tuning.best_trial", str(best.get("number", "")))
+        number = best.get("number")  # KFP hands numbers back as floats
+        client.client.set_tag(tuning_run_id, "retrain.tuning.best_trial", "" if number is None else str(int(number)))
         client.client.set_tag(tuning_run_id, "retrain.tuning.best_params", tuning.params_json(best["params"]))
         client.client.set_tag(tuning_run_id, "retrain.tuning.trials", str(trials))
 

@@ -263,6 +263,7 @@ def test_tuning_fans_out_trials_as_mlflow_child_runs_and_trains_with_the_best(tm
     assert float(trained.data.params["lr0"]) == pytest.approx(best_params["lr0"], rel=1e-9)
     assert trained.data.params["optimizer"] == best_params["optimizer"]
     assert json.loads(search.data.tags["retrain.tuning.best_params"]) == best_params
+    assert search.data.tags["retrain.tuning.best_trial"] == best.data.tags[tags.TRIAL_NUMBER]
     from pipelines.steps import searching, tuning
 
     assert rule.training.tune is not None
