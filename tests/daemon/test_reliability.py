@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -206,6 +207,29 @@ def _free_port() -> int:
     return free_port()
 
 
+def _recorder(journal: sqlite.SqliteJournal, url: str, loaded: dict[str, object], tmp_path: Path) -> Any:
+    """The outcome recorder as the daemon wires it, on the test's journal and MLflow server."""
+    from daemon.http import metrics
+    from daemon.registry import mlflow as registry
+    from daemon.rules import reloading
+    from daemon.runtime import recording
+
+    return recording.OutcomeRecorder(
+        journal=journal,
+        mlflow=registry.Mlflow(tracking_uri=url),
+        rules=lambda: loaded,  # type: ignore[arg-type,return-value]
+        metrics=metrics.Metrics(
+            board=base.StatusBoard(),
+            journal=journal,
+            rulebook=reloading.RuleBook(tmp_path),
+            clock=lambda: T0,
+            since_last_pass=lambda: 0.0,
+        ),
+        backend="kfp",
+        clock=lambda: T0,
+    )
+
+
 @pytest.mark.services
 def test_a_dead_run_of_a_model_without_champion_is_recorded_not_pending_forever(
     mlflow_server: object, tmp_path: Path
@@ -213,12 +237,9 @@ def test_a_dead_run_of_a_model_without_champion_is_recorded_not_pending_forever(
     """MLflow answers the missing alias with INVALID_PARAMETER_VALUE: the run ends as failed, once."""
     from mlflow.tracking import MlflowClient
 
-    from daemon.http import metrics
     from daemon.launchers import base as launcher_base
     from daemon.model import tags
-    from daemon.registry import mlflow as registry
-    from daemon.rules import loading, reloading
-    from daemon.runtime import recording
+    from daemon.rules import loading
     from tests.support.sim import Simulation, label, make_rule
 
     url = mlflow_server.url  # type: ignore[attr-defined]
@@ -233,20 +254,7 @@ def test_a_dead_run_of_a_model_without_champion_is_recorded_not_pending_forever(
     version = client.create_model_version("lonely-detector", source=f"runs:/{mlflow_run}/model", run_id=mlflow_run)
     client.set_model_version_tag("lonely-detector", version.version, tags.RUN_KEY, launch.run_key)  # type: ignore[union-attr]
     loaded = loading.LoadedRule(rule=rule, file="lonely.yaml", line=1)
-    recorder = recording.OutcomeRecorder(
-        journal=sim.journal,
-        mlflow=registry.Mlflow(tracking_uri=url),
-        rules=lambda: {"lonely": loaded},
-        metrics=metrics.Metrics(
-            board=base.StatusBoard(),
-            journal=sim.journal,
-            rulebook=reloading.RuleBook(tmp_path),
-            clock=lambda: T0,
-            since_last_pass=lambda: 0.0,
-        ),
-        backend="kfp",
-        clock=lambda: T0,
-    )
+    recorder = _recorder(sim.journal, url, {"lonely": loaded}, tmp_path)
     dead = launcher_base.RunStatus(
         run_key=launch.run_key,
         state=runs.RunState.FAILED,
@@ -268,12 +276,8 @@ def test_a_run_whose_rule_was_removed_meanwhile_is_recorded_with_its_gate_decisi
     the gate's decision, though MLflow had it (found by the cluster test of the shipped rules)."""
     from mlflow.tracking import MlflowClient
 
-    from daemon.http import metrics
     from daemon.launchers import base as launcher_base
     from daemon.model import tags
-    from daemon.registry import mlflow as registry
-    from daemon.rules import reloading
-    from daemon.runtime import recording
     from tests.support.sim import Simulation, label, make_rule
 
     url = mlflow_server.url  # type: ignore[attr-defined]
@@ -295,20 +299,7 @@ def test_a_run_whose_rule_was_removed_meanwhile_is_recorded_with_its_gate_decisi
         tags.GATE_REASON: "first model: map50_95 0.0 < first_model_min 0.1",
     }.items():
         client.set_model_version_tag(model, version.version, key, value)
-    recorder = recording.OutcomeRecorder(
-        journal=sim.journal,
-        mlflow=registry.Mlflow(tracking_uri=url),
-        rules=dict,  # the rule is gone
-        metrics=metrics.Metrics(
-            board=base.StatusBoard(),
-            journal=sim.journal,
-            rulebook=reloading.RuleBook(tmp_path),
-            clock=lambda: T0,
-            since_last_pass=lambda: 0.0,
-        ),
-        backend="kfp",
-        clock=lambda: T0,
-    )
+    recorder = _recorder(sim.journal, url, {}, tmp_path)  # the rule is gone
     done = launcher_base.RunStatus(run_key=launch.run_key, state=runs.RunState.SUCCEEDED, backend_run_id="x")
     run = sim.journal.get_run(launch.run_key)
     assert run is not None
