@@ -37,11 +37,14 @@ def write_image(*, images: Path, labels: Path, name: str, rng: random.Random, si
 
 
 def generate(root: Path, *, count: int, seed: int = 0, prefix: str = "img", split: str | None = None) -> list[str]:
-    """Write ``count`` images under ``root/images[/split]`` and labels under ``root/labels[/split]``.
+    """Write ``count`` images under ``root/images[/split]`` and labels under ``root/labels[/split]``, and the
+    dataset's ``data.yaml`` (its class names) at the root, as exported datasets carry it.
 
     Returns the image names written (without extension).
     """
     rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "data.yaml").write_text("names: [" + ", ".join(CLASSES) + "]\n")
     images = root / "images" / split if split else root / "images"
     labels = root / "labels" / split if split else root / "labels"
     names = []

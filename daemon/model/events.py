@@ -40,16 +40,28 @@ class ItemKind(enum.StrEnum):
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 
-def classify(relative_key: str, *, labels_dir: str = "labels", images_dir: str = "images") -> ItemKind:
-    """Tell labels from images by the YOLO layout: ``labels/**.txt`` and ``images/**.{jpg,png,...}``.
+#: Text files a flat folder may hold beside its labels that are not labels (compared case-insensitively).
+FLAT_NOT_LABELS = frozenset({"classes.txt", "readme.txt", "license.txt"})
 
-    ``relative_key`` is relative to the dataset root (the S3 prefix or the folder).
+
+def classify(
+    relative_key: str, *, labels_dir: str = "labels", images_dir: str = "images", layout: str = "yolo"
+) -> ItemKind:
+    """Tell labels from images by the dataset layout.
+
+    ``yolo``: ``labels/**.txt`` and ``images/**.{jpg,png,...}`` (the folder names as the rule sets them, at any
+    depth: ``train/labels/`` too). ``flat``: images beside their labels, any ``.txt`` but the class list and
+    read-me files a label. ``relative_key`` is relative to the dataset root (the S3 prefix or the folder).
     """
     parts = relative_key.split("/")
     name = parts[-1]
     if not name or name.startswith("."):
         return ItemKind.OTHER
     suffix = name[name.rfind(".") :].lower() if "." in name else ""
+    if layout == "flat":
+        if suffix == ".txt" and name.lower() not in FLAT_NOT_LABELS:
+            return ItemKind.LABEL
+        return ItemKind.IMAGE if suffix in IMAGE_SUFFIXES else ItemKind.OTHER
     folders = parts[:-1]
     if labels_dir in folders and suffix == ".txt":
         return ItemKind.LABEL

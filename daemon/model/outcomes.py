@@ -40,12 +40,16 @@ class PromotionKind(enum.StrEnum):
 
 @dataclass(frozen=True, kw_only=True)
 class Evaluation:
-    """One model's validation results on one split."""
+    """One model's results on one split of the dataset."""
 
     map50_95: float
     map50: float
     per_class: Mapping[str, float] = field(default_factory=dict)
     """AP50-95 by class name."""
+    split: str = "val"
+    """The split scored: ``val``, or ``test`` when the dataset has one (the gate decides on it)."""
+    images: int | None = None
+    """How many images the split held (None: not recorded)."""
 
     def metric(self, name: str) -> float:
         return self.map50_95 if name == "map50_95" else self.map50
@@ -55,12 +59,21 @@ class Evaluation:
             "map50_95": self.map50_95,
             "map50": self.map50,
             "per_class": {k: (None if math.isnan(v) else v) for k, v in self.per_class.items()},
+            "split": self.split,
+            "images": self.images,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Evaluation:
         per_class = {str(k): (math.nan if v is None else float(v)) for k, v in (data.get("per_class") or {}).items()}
-        return cls(map50_95=float(data["map50_95"]), map50=float(data.get("map50", 0.0)), per_class=per_class)
+        images = data.get("images")
+        return cls(
+            map50_95=float(data["map50_95"]),
+            map50=float(data.get("map50", 0.0)),
+            per_class=per_class,
+            split=str(data.get("split") or "val"),
+            images=None if images is None else int(images),
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -40,9 +40,11 @@ class DatasetSpec(_Spec):
     """``s3://bucket/prefix/`` or ``file:///absolute/path``."""
     name: str | None = None
     """Name of the dataset in the journal; defaults to the rule's name. Rules sharing data share a name."""
-    layout: Literal["yolo"] = "yolo"
-    """``yolo``: ``images/`` and ``labels/`` folders (optionally with ``train``/``val`` below them),
-    one ``.txt`` label file per image."""
+    layout: Literal["yolo", "flat"] = "yolo"
+    """``yolo``: ``images/`` and ``labels/`` folders, one ``.txt`` label file per image, optionally with split
+    folders below them (``images/train``) or above them (Roboflow's ``train/images``); ``train``, ``val``
+    (``valid``, ``validation``) and ``test`` are split names. ``flat``: each image beside its label file, in
+    the root or in split folders (``train/a.jpg`` + ``train/a.txt``)."""
     labels_dir: str = "labels"
     """Folder under the source holding label files."""
     images_dir: str = "images"
@@ -295,6 +297,11 @@ class PromotionSpec(_Spec):
     """Refuse when any class's AP drops by more than this (unset: no per-class check)."""
     first_model_min: float = Field(default=0.0, ge=0, le=1)
     """The very first model becomes champion only with at least this value."""
+    class_change: Literal["refuse", "shared"] = "refuse"
+    """When champion and candidate know different class names (a class was added, removed or renamed):
+    ``refuse`` rejects the candidate, naming the classes that changed (promote it by hand, or set ``shared``);
+    ``shared`` scores both on the classes they share, matched by name. Classes are always matched by name:
+    the same names under other ids are compared as they are, with nothing refused."""
 
 
 class LimitsSpec(_Spec):

@@ -21,6 +21,11 @@ CHAMPION_AT_EVALUATION: Final = "retrain.champion_at_evaluation"
 METRIC_PREFIX: Final = "retrain.metric."
 #: On model versions: AP50-95 per class name, as JSON.
 PER_CLASS_AP: Final = "retrain.per_class_ap"
+#: On model versions: the split the gate decided on (``test`` when the dataset has one, else ``val``: the
+#: best epoch and the best trial are always chosen on ``val``), and the class names both models were scored
+#: on, as JSON (all of the dataset's, or the ones champion and candidate share).
+GATE_SPLIT: Final = "retrain.gate.split"
+GATE_CLASSES: Final = "retrain.gate.classes"
 #: On model versions: who moved the champion alias to it by hand, and why.
 ROLLBACK: Final = "retrain.rollback"
 

@@ -47,6 +47,9 @@ class RunInputs:
             "fingerprint": run.snapshot or "",
             "items": [list(item) for item in items or []],
             "classes": rule.dataset.classes,
+            "layout": rule.dataset.layout,
+            "labels_dir": rule.dataset.labels_dir,
+            "images_dir": rule.dataset.images_dir,
         }
 
     def write(self, rule: rules.Rule, run: runs.RunRecord) -> str:

@@ -25,6 +25,7 @@ class DatasetLocation:
     path: Path | None = None
     labels_dir: str = "labels"
     images_dir: str = "images"
+    layout: str = "yolo"
 
     @property
     def is_s3(self) -> bool:
@@ -38,7 +39,7 @@ class DatasetLocation:
         return rel or None
 
     def classify(self, relative_key: str) -> events.ItemKind:
-        return events.classify(relative_key, labels_dir=self.labels_dir, images_dir=self.images_dir)
+        return events.classify(relative_key, labels_dir=self.labels_dir, images_dir=self.images_dir, layout=self.layout)
 
 
 def location_of(rule: rules.Rule) -> DatasetLocation:
@@ -53,6 +54,7 @@ def location_of(rule: rules.Rule) -> DatasetLocation:
             prefix=prefix,
             labels_dir=spec.labels_dir,
             images_dir=spec.images_dir,
+            layout=spec.layout,
         )
     return DatasetLocation(
         name=rule.dataset_name,
@@ -60,6 +62,7 @@ def location_of(rule: rules.Rule) -> DatasetLocation:
         path=Path(unquote(urlparse(spec.source).path)),
         labels_dir=spec.labels_dir,
         images_dir=spec.images_dir,
+        layout=spec.layout,
     )
 
 

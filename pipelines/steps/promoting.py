@@ -1,4 +1,10 @@
-"""evaluate_and_promote: candidate and champion on the same validation images, the gate, the registry.
+"""evaluate_and_promote: candidate and champion on the same images and classes, the gate, the registry.
+
+Both models are scored on the dataset's ``test`` split when it has one (``val`` picked the best epoch and
+trial), else on ``val``; each in its own class ids, on the classes they share by name (see
+:mod:`pipelines.steps.classviews`). When the class names changed since the champion, ``promotion.class_change``
+decides: refuse the candidate, or compare on the shared classes. The split and the classes compared are in
+the reason and on the version (``retrain.gate.split``, ``retrain.gate.classes``).
 
 The candidate is registered as a new version carrying its metrics and the gate's decision and reason as
 tags. The ``champion`` alias moves only when the gate says so, with a compare-and-set: right before moving
@@ -16,14 +22,18 @@ tagged it, that decision stands.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from daemon import failpoints
 from daemon.engine import gating
 from daemon.model import outcomes, rules, tags
 from daemon.registry import mlflow as registry
-from pipelines.steps import training
+from pipelines.steps import classviews, training
 
 
 def _champion_weights(name: str, version: str, *, workdir: Path) -> Path:
@@ -69,6 +79,97 @@ def _tag(registry_: registry.Mlflow, name: str, version: str, decision: outcomes
         client.set_model_version_tag(name, version, tags.GATE_REASON, reason)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Judged:
+    """The evaluations and the verdict, with the split and the class names they were made on."""
+
+    candidate: outcomes.Evaluation
+    champion: outcomes.Evaluation | None
+    verdict: gating.Verdict
+    compared: list[str]
+    split: str
+
+
+def _scored(
+    weights: Path,
+    keep: list[str],
+    split: str,
+    *,
+    data_yaml: Path,
+    imgsz: int,
+    device: str,
+    out_dir: Path,
+    batch: int,
+    options: training.TrainerOptions,
+) -> outcomes.Evaluation:
+    """A model scored on ``split``, counting the ``keep`` classes (by name), in its own class ids."""
+    view, images = classviews.view(
+        data_yaml, split=split, model_names=training.class_names(weights), keep=keep, out_dir=out_dir
+    )
+    return training.evaluate(
+        weights=weights,
+        data_yaml=view,
+        imgsz=imgsz,
+        device=device,
+        out_dir=out_dir,
+        batch=batch,
+        options=options,
+        split=split,
+        images=images,
+    )
+
+
+def _judge(
+    *,
+    candidate_weights: Path,
+    champion: registry.Champion | None,
+    data_yaml: Path,
+    policy: rules.PromotionSpec,
+    scorer: Callable[[Path, str, list[str], str], outcomes.Evaluation],
+    champion_weights: Callable[[str], Path],
+) -> Judged:
+    """Candidate and champion on the same images and classes; the gate, or a refusal when the class names
+    changed and ``promotion.class_change`` says so. The reason ends with the split and classes compared."""
+    data = yaml.safe_load(data_yaml.read_text())
+    split = classviews.decision_split(data)
+    dataset_names = classviews.names_of(data)
+    champion_eval = None
+    verdict: gating.Verdict | None = None
+    compared = dataset_names
+    if champion is not None:
+        weights = champion_weights(champion.version)
+        comparison = classviews.compare(dataset_names, training.class_names(weights))
+        if comparison.changed and policy.class_change == "refuse":
+            verdict = gating.Verdict(
+                promote=False,
+                reason=(
+                    f"the class names changed since champion v{champion.version} ({comparison.describe()}) and "
+                    f"promotion.class_change is refuse: promote by hand, or set class_change: shared to compare "
+                    f"on the {len(comparison.shared)} shared classes"
+                ),
+            )
+        elif not comparison.shared:
+            verdict = gating.Verdict(
+                promote=False, reason=f"champion v{champion.version} shares no class name with the candidate"
+            )
+        else:
+            compared = comparison.shared
+            champion_eval = scorer(weights, "champion", compared, split)
+    candidate_eval = scorer(candidate_weights, "candidate", compared, split)
+    if verdict is None:
+        verdict = gating.gate(candidate=candidate_eval, champion=champion_eval, policy=policy)
+    scope = f"decided on the {split} split ({candidate_eval.images} images"
+    if compared != dataset_names and champion is not None:
+        scope += f", the {len(compared)} classes shared with champion v{champion.version}"
+    return Judged(
+        candidate=candidate_eval,
+        champion=champion_eval,
+        verdict=gating.Verdict(promote=verdict.promote, reason=f"{verdict.reason} [{scope})]"),
+        compared=compared,
+        split=split,
+    )
+
+
 def evaluate_and_promote(
     *,
     registry_: registry.Mlflow,
@@ -96,27 +197,29 @@ def evaluate_and_promote(
             print(f"run {run_key} already has a gate decision for v{done.version}: {done.decision} (a retried task)")
             return done
     champion = registry_.champion(registered_name)
-
-    def evaluated(weights: Path, folder: str) -> outcomes.Evaluation:  # both on the same images, the same way
-        return training.evaluate(
-            weights=weights,
+    judged = _judge(
+        candidate_weights=candidate_weights,
+        champion=champion,
+        data_yaml=data_yaml,
+        policy=policy,
+        scorer=lambda weights, folder, keep, split: _scored(
+            weights,
+            keep,
+            split,
             data_yaml=data_yaml,
             imgsz=imgsz,
             device=device,
             out_dir=workdir / folder,
             batch=batch,
             options=options,
-        )
-
-    candidate_eval = evaluated(candidate_weights, "candidate")
-    champion_eval = None
-    if champion is not None:
-        weights = _champion_weights(registered_name, champion.version, workdir=workdir)
-        champion_eval = evaluated(weights, "champion")
-    verdict = gating.gate(candidate=candidate_eval, champion=champion_eval, policy=policy)
-    metrics = {f"val_{k}": v for k, v in candidate_eval.to_json().items() if k != "per_class"}
+        ),  # fmt: skip
+        champion_weights=lambda version: _champion_weights(registered_name, version, workdir=workdir),
+    )
+    candidate_eval, champion_eval, verdict = judged.candidate, judged.champion, judged.verdict
+    compared, split = judged.compared, judged.split
+    metrics = {f"{split}_{k}": candidate_eval.to_json()[k] for k in ("map50_95", "map50")}
     if champion_eval is not None:
-        metrics |= {f"champion_val_{k}": v for k, v in champion_eval.to_json().items() if k != "per_class"}
+        metrics |= {f"champion_{split}_{k}": champion_eval.to_json()[k] for k in ("map50_95", "map50")}
     client = registry_.client
     with registry_.calling(f"logging the evaluation of {run_key}"):
         client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, float(v), 0, 0) for k, v in metrics.items()])
@@ -132,6 +235,8 @@ def evaluate_and_promote(
         f"{tags.METRIC_PREFIX}map50": f"{candidate_eval.map50:.6f}",
         tags.PER_CLASS_AP: json.dumps(candidate_eval.to_json()["per_class"]),
         tags.CHAMPION_AT_EVALUATION: champion.version if champion else "none",
+        tags.GATE_SPLIT: split,
+        tags.GATE_CLASSES: json.dumps(compared),
     }
     if registered:
         version = str(registered[-1].version)

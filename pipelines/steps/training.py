@@ -70,8 +70,10 @@ def evaluate(
     out_dir: Path,
     batch: int = 16,
     options: TrainerOptions = DEFAULT_OPTIONS,
+    split: str = "val",
+    images: int | None = None,
 ) -> outcomes.Evaluation:
-    """mAP50-95, mAP50 and per-class AP50-95 (by class name) on the validation split.
+    """mAP50-95, mAP50 and per-class AP50-95 (by class name) on one split (``val`` unless told).
 
     Ultralytics writes its validation files under ``out_dir`` (by default it would pick ``runs/`` of the
     working folder, which a task pod's image may not let it write)."""
@@ -80,6 +82,7 @@ def evaluate(
 
     results = YOLO(str(weights)).val(
         data=str(data_yaml),
+        split=split,
         imgsz=imgsz,
         device=device,
         plots=False,
@@ -92,7 +95,22 @@ def evaluate(
     )
     names = results.names
     per_class = {str(names.get(int(c), int(c))): _finite(results.box.maps[int(c)]) for c in results.box.ap_class_index}
-    return outcomes.Evaluation(map50_95=_finite(results.box.map), map50=_finite(results.box.map50), per_class=per_class)
+    return outcomes.Evaluation(
+        map50_95=_finite(results.box.map),
+        map50=_finite(results.box.map50),
+        per_class=per_class,
+        split=split,
+        images=images,
+    )
+
+
+def class_names(weights: Path) -> list[str]:
+    """The class names of a weights file, by id (what its predicted ids mean)."""
+    prepare_offline()
+    from ultralytics import YOLO
+
+    names = YOLO(str(weights)).names
+    return [str(names[i]) for i in sorted(names)]
 
 
 def _metric_name(name: str) -> str:
@@ -169,8 +187,6 @@ def train_tracked(
     """
     import mlflow
 
-    from pipelines import pyfunc
-
     prepare_offline()
     from ultralytics import settings as yolo_settings
 
@@ -213,14 +229,50 @@ def train_tracked(
         for plot in sorted(weights.parent.parent.iterdir()):  # the training folder: weights/ is below it
             if plot.is_file() and plot.suffix in PLOT_SUFFIXES:
                 mlflow.log_artifact(str(plot), artifact_path="plots")
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=pyfunc.YoloDetector(),
-            artifacts={"weights": str(weights)},
-            pip_requirements=["ultralytics>=8.3,<9", "retrain-daemon[train]"],
-        )
+        info = log_detector(weights, example=_example_image(data_yaml))
         mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
         return {"run_id": run.info.run_id, "model_uri": info.model_uri, "weights": str(weights)}
+
+
+def _example_image(data_yaml: Path) -> bytes | None:
+    """A validation image of the dataset, shrunk to at most 64 pixels and JPEG-encoded: the model's input
+    example (None when the split holds no image Pillow can read)."""
+    import io
+
+    import yaml
+    from PIL import Image, UnidentifiedImageError
+
+    data = yaml.safe_load(data_yaml.read_text())
+    folder = Path(data.get("path") or data_yaml.parent) / data["val"]
+    for path in sorted(folder.iterdir()):
+        try:
+            with Image.open(path) as image:
+                small = image.convert("RGB")
+                small.thumbnail((64, 64))
+                encoded = io.BytesIO()
+                small.save(encoded, format="JPEG", quality=85)
+                return encoded.getvalue()
+        except (UnidentifiedImageError, OSError):
+            continue
+    return None
+
+
+def log_detector(weights: Path, *, example: bytes | None = None) -> Any:
+    """Log the weights as a portable pyfunc model in the active MLflow run (``pipelines/pyfunc.py`` as a model
+    from code: serving needs MLflow, Ultralytics and torch, not this project), with its signature and an input
+    example; returns MLflow's ``ModelInfo``."""
+    import mlflow
+
+    from pipelines import pyfunc
+
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(Path(pyfunc.__file__)),
+        artifacts={"weights": str(weights)},
+        signature=pyfunc.signature(),
+        input_example=({"image": [example]}, {"conf": pyfunc.DEFAULT_PARAMS["conf"]}) if example is not None else None,
+        pip_requirements=["ultralytics>=8.3,<9", "torch", "pillow", "pandas"],
+    )
 
 
 def log_lineage(dataset_dir: Path) -> None:

@@ -17,11 +17,19 @@ from daemon.rules import loading
 
 
 def test_an_evaluation_round_trips_through_json_with_nan_as_null() -> None:
-    evaluation = outcomes.Evaluation(map50_95=0.4, map50=0.6, per_class={"cat": 0.5, "dog": math.nan})
+    evaluation = outcomes.Evaluation(
+        map50_95=0.4, map50=0.6, per_class={"cat": 0.5, "dog": math.nan}, split="test", images=12
+    )
     data = evaluation.to_json()
-    assert data == {"map50_95": 0.4, "map50": 0.6, "per_class": {"cat": 0.5, "dog": None}}
+    assert data == {
+        "map50_95": 0.4,
+        "map50": 0.6,
+        "per_class": {"cat": 0.5, "dog": None},
+        "split": "test",
+        "images": 12,
+    }
     back = outcomes.Evaluation.from_json(data)
-    assert (back.map50_95, back.map50, back.per_class["cat"]) == (0.4, 0.6, 0.5)
+    assert (back.map50_95, back.map50, back.per_class["cat"], back.split, back.images) == (0.4, 0.6, 0.5, "test", 12)
     assert math.isnan(back.per_class["dog"])
     assert outcomes.Evaluation.from_json({"map50_95": "0.3"}) == outcomes.Evaluation(map50_95=0.3, map50=0.0)
     assert evaluation.metric("map50_95") == 0.4 and evaluation.metric("map50") == 0.6
@@ -45,8 +53,8 @@ def test_a_gate_outcome_round_trips_through_json() -> None:
         "decision": "rejected",
         "reason": "not better",
         "previous_champion": "2",
-        "candidate": {"map50_95": 0.3, "map50": 0.5, "per_class": {}},
-        "champion": {"map50_95": 0.4, "map50": 0.6, "per_class": {"cat": 0.4}},
+        "candidate": {"map50_95": 0.3, "map50": 0.5, "per_class": {}, "split": "val", "images": None},
+        "champion": {"map50_95": 0.4, "map50": 0.6, "per_class": {"cat": 0.4}, "split": "val", "images": None},
         "recovered": True,
     }
     assert outcomes.GateOutcome.from_json(data) == outcome
@@ -86,6 +94,27 @@ def test_only_promotions_and_rollbacks_move_the_champion() -> None:
 )
 def test_classify(key: str, kind: events.ItemKind) -> None:
     assert events.classify(key) is kind
+
+
+@pytest.mark.parametrize(
+    ("key", "kind"),
+    [
+        ("a.txt", events.ItemKind.LABEL),  # images and labels side by side, with or without split folders
+        ("train/a.txt", events.ItemKind.LABEL),
+        ("valid/deep/a.TXT", events.ItemKind.LABEL),
+        ("a.jpg", events.ItemKind.IMAGE),
+        ("test/a.PNG", events.ItemKind.IMAGE),
+        ("classes.txt", events.ItemKind.OTHER),  # the class list darknet-style exports put beside the labels
+        ("train/Classes.txt", events.ItemKind.OTHER),
+        ("README.txt", events.ItemKind.OTHER),
+        ("license.TXT", events.ItemKind.OTHER),
+        (".a.txt", events.ItemKind.OTHER),
+        ("data.yaml", events.ItemKind.OTHER),
+        ("a.txt.bak", events.ItemKind.OTHER),
+    ],
+)
+def test_classify_a_flat_folder(key: str, kind: events.ItemKind) -> None:
+    assert events.classify(key, layout="flat") is kind
 
 
 def test_classify_with_other_folder_names() -> None:

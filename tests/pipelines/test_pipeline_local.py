@@ -183,8 +183,8 @@ def test_champion_moves_only_on_improvement(
     mlflow_module.set_tracking_uri(mlflow_server.url)
     model = mlflow_module.pyfunc.load_model(f"models:/shapes-detector@{tags.CHAMPION_ALIAS}")
     image = sorted((data / "images").iterdir())[0]
-    detections = model.predict(pd.DataFrame({"path": [str(image)]}))
-    assert list(detections.columns) == ["path", "class_id", "class_name", "confidence", "x1", "y1", "x2", "y2"]
+    detections = model.predict(pd.DataFrame({"image": [image.read_bytes()]}))
+    assert list(detections.columns) == ["image", "class_id", "class_name", "confidence", "x1", "y1", "x2", "y2"]
     # The image holds 1-3 coloured boxes: the champion (30 epochs) finds at least one of them,
     # of a class the label names, inside the image.
     truth = {int(line.split()[0]) for line in (data / "labels" / f"{image.stem}.txt").read_text().splitlines()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import yaml
 
 from pipelines import synthetic
 from pipelines.steps import materializing, tuning, validating
+from tests.support import services
 from tests.support.paths import SHARED
 
 
@@ -47,6 +49,17 @@ def test_explicit_splits_are_kept_and_data_yaml_written(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["fingerprint"] == manifest.fingerprint
 
 
+#: The COCO photos' counts per split once 3 of the 8 validation photos are a test split.
+COCO_RESPLIT = {
+    "images/train": 16,
+    "labels/train": 16,
+    "images/val": 5,
+    "labels/val": 5,
+    "images/test": 3,
+    "labels/test": 3,
+}
+
+
 def _coco_as(root: Path, layout: str) -> list[str]:
     """The COCO photos rearranged: ``roboflow`` (``{train,valid,test}/{images,labels}``) or ``valid-test``
     (``images/{train,valid,test}``); 5 of the 8 validation photos stay validation, 3 become the test split."""
@@ -70,18 +83,131 @@ def test_valid_is_validation_and_test_is_kept_out_of_training_in_every_layout(tm
     manifest = materializing.manifest_for_folder(tmp_path / "data", dataset="coco", classes=names)
     assert len(manifest.items) == 48
     summary = materializing.materialize(manifest, out_dir=tmp_path / "ds")
-    assert summary["counts"] == {
-        "images/train": 16,
-        "labels/train": 16,
-        "images/val": 5,
-        "labels/val": 5,
-        "images/test": 3,
-        "labels/test": 3,
-    }
+    assert summary["counts"] == COCO_RESPLIT
     data = yaml.safe_load((tmp_path / "ds" / "data.yaml").read_text())
     assert (data["train"], data["val"], data["test"]) == ("images/train", "images/val", "images/test")
     report = validating.validate(tmp_path / "ds", classes=len(names), max_bad_fraction=0.0)
     assert report.per_split == {"train": 16, "val": 5, "test": 3}  # the test split is checked too
+
+
+def _coco_flat(root: Path, *, splits: bool) -> None:
+    """The COCO photos as a flat folder: each image beside its label, in ``train/``, ``valid/`` and ``test/``
+    (or all in the root), with the dataset's ``data.yaml`` and a ``classes.txt`` as exports write them."""
+    coco = SHARED / "datasets" / "coco-mini"
+    for split in ("train", "val"):
+        for index, image in enumerate(sorted((coco / "images" / split).iterdir())):
+            target = split if split == "train" else ("valid" if index < 5 else "test")
+            folder = root / target if splits else root
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(image, folder / image.name)
+            shutil.copy2(coco / "labels" / split / f"{image.stem}.txt", folder / f"{image.stem}.txt")
+    names = yaml.safe_load((coco / "data.yaml").read_text())["names"]
+    (root / "data.yaml").write_text(yaml.safe_dump({"names": names}))
+    (root / "classes.txt").write_text("".join(f"{names[i]}\n" for i in sorted(names)))
+
+
+def test_a_flat_folder_with_split_folders_is_understood(tmp_path: Path) -> None:
+    """Before: a flat folder (images beside their labels) gave an empty manifest."""
+    _coco_flat(tmp_path / "data", splits=True)
+    manifest = materializing.manifest_for_folder(tmp_path / "data", dataset="coco", layout="flat")
+    assert len(manifest.items) == 48  # classes.txt and data.yaml are not items
+    summary = materializing.materialize(manifest, out_dir=tmp_path / "ds")
+    assert summary["counts"] == COCO_RESPLIT
+    assert summary["classes_from"] == "data.yaml" and summary["classes"][:2] == ["person", "bicycle"]
+    report = validating.validate(tmp_path / "ds", classes=len(summary["classes"]), max_bad_fraction=0.0)
+    assert report.per_split == {"train": 16, "val": 5, "test": 3} and not report.backgrounds
+
+
+def test_a_flat_folder_without_split_folders_is_split_by_name(tmp_path: Path) -> None:
+    _coco_flat(tmp_path / "data", splits=False)
+    manifest = materializing.manifest_for_folder(tmp_path / "data", dataset="coco", layout="flat")
+    summary = materializing.materialize(manifest, out_dir=tmp_path / "ds", val_fraction=0.3)
+    counts = summary["counts"]
+    assert counts["images/train"] + counts["images/val"] == 24 and counts["images/val"] > 0
+    assert counts["labels/train"] == counts["images/train"] and counts["labels/val"] == counts["images/val"]
+    for image in (tmp_path / "ds" / "images" / "val").iterdir():  # labels follow their image
+        assert (tmp_path / "ds" / "labels" / "val" / f"{image.stem}.txt").exists()
+
+
+@pytest.mark.services
+def test_a_flat_folder_in_a_bucket_takes_its_class_names_from_the_buckets_data_yaml(
+    s3_server: services.S3Server, s3_bucket: str, tmp_path: Path
+) -> None:
+    _coco_flat(tmp_path / "data", splits=True)
+    client = s3_server.client()
+    for path in sorted(p for p in (tmp_path / "data").rglob("*") if p.is_file()):
+        client.fput_object(s3_bucket, f"coco/{path.relative_to(tmp_path / 'data').as_posix()}", str(path))
+    local = materializing.manifest_for_folder(tmp_path / "data", dataset="coco", layout="flat")
+    etags = {o.object_name: o.etag.strip('"') for o in client.list_objects(s3_bucket, prefix="coco/", recursive=True)}
+    manifest = dataclasses.replace(
+        local, source=f"s3://{s3_bucket}/coco/", items=[(key, etags[f"coco/{key}"]) for key, _ in local.items]
+    )
+    env = {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        summary = materializing.materialize(
+            manifest, out_dir=tmp_path / "ds", s3_endpoint=s3_server.endpoint, s3_secure=False
+        )
+        assert summary["counts"] == COCO_RESPLIT
+        assert summary["classes_from"] == "data.yaml" and len(summary["classes"]) == 80
+        client.remove_object(s3_bucket, "coco/data.yaml")  # then the bucket's classes.txt
+        again = materializing.materialize(
+            manifest, out_dir=tmp_path / "ds2", s3_endpoint=s3_server.endpoint, s3_secure=False
+        )
+        assert (again["classes_from"], again["classes"]) == ("classes.txt", summary["classes"])
+
+
+def test_the_rules_own_folder_names_are_read(tmp_path: Path) -> None:
+    """Before: the daemon counted ``ann/`` and ``pix/`` (``dataset.labels_dir``/``images_dir``) but the pipeline
+    only looked for ``labels/`` and ``images/``: an empty dataset."""
+    synthetic.generate(tmp_path / "gen", count=6, seed=3, split="train")
+    synthetic.generate(tmp_path / "gen", count=3, seed=4, split="val")
+    (tmp_path / "gen" / "images").rename(tmp_path / "gen" / "pix")
+    (tmp_path / "gen" / "labels").rename(tmp_path / "gen" / "ann")
+    manifest = materializing.manifest_for_folder(
+        tmp_path / "gen", dataset="s", labels_dir="ann", images_dir="pix", classes=list(synthetic.CLASSES)
+    )
+    summary = materializing.materialize(manifest, out_dir=tmp_path / "ds")
+    assert summary["counts"] == {"images/train": 6, "labels/train": 6, "images/val": 3, "labels/val": 3}
+
+
+def test_class_names_come_from_the_rule_else_data_yaml_else_classes_txt_else_a_refusal(tmp_path: Path) -> None:
+    """Before: without ``classes:`` in the rule the names became ``class0..N`` and the count shrank to the
+    highest id seen; the dataset's ``data.yaml`` was ignored."""
+    root = tmp_path / "data"
+    synthetic.generate(root, count=4, seed=1)
+    (root / "data.yaml").unlink()
+    for label in (root / "labels").iterdir():  # class 2 appears nowhere: the count is not the highest id + 1
+        label.write_text("0 0.5 0.5 0.2 0.2\n")
+
+    def names(out: str, classes: list[str] | None = None) -> tuple[list[str], str]:
+        manifest = materializing.manifest_for_folder(root, dataset="shapes", classes=classes)
+        summary = materializing.materialize(manifest, out_dir=tmp_path / out)
+        written = yaml.safe_load((tmp_path / out / "data.yaml").read_text())["names"]
+        assert list(written.values()) == summary["classes"]
+        return summary["classes"], summary["classes_from"]
+
+    with pytest.raises(materializing.ClassesUnknown) as caught:
+        names("none")
+    message = str(caught.value)
+    assert f"dataset shapes at file://{root}" in message
+    assert "dataset.classes" in message and "data.yaml" in message and "classes.txt" in message
+    (root / "classes.txt").write_text("red-box\ngreen-box\nblue-box\n\n")
+    assert names("txt") == (["red-box", "green-box", "blue-box"], "classes.txt")
+    (root / "data.yaml").write_text("names: [r, g, b, extra]\n")  # a list works as well as a mapping
+    assert names("yaml") == (["r", "g", "b", "extra"], "data.yaml")
+    (root / "data.yaml").write_text("nc: 3\n")  # a count without names: generic names, the count kept
+    assert names("count") == (["class0", "class1", "class2"], "data.yaml")
+    assert names("rule", classes=["x", "y", "z"]) == (["x", "y", "z"], "rule")
+    (root / "data.yaml").write_text("names: {0: a, 2: c}\n")  # a gap in the ids: refused, naming the file
+    with pytest.raises(
+        materializing.ClassesUnknown, match=r"data\.yaml of dataset shapes at .*: class ids must be 0\.\.N-1"
+    ):
+        names("gap")
+    (root / "data.yaml").write_text("names: [a, b\n")
+    with pytest.raises(materializing.ClassesUnknown, match=r"data\.yaml.* is not YAML"):
+        names("broken")
 
 
 def test_data_changed_after_the_snapshot_fails_clearly(tmp_path: Path) -> None:
@@ -309,3 +435,41 @@ def test_real_photos_with_backgrounds_polygons_and_edge_boxes_validate_and_train
         label.unlink()
     with pytest.raises(validating.DatasetInvalid, match=r"12 of 24 images have no label file \(50.0% > max 25.0%"):
         validating.validate(root, classes=len(names), max_bad_fraction=0.05, max_background_fraction=0.25)
+
+
+def test_a_models_view_of_a_split_has_its_own_class_ids_and_only_the_kept_classes(tmp_path: Path) -> None:
+    from pipelines.steps import classviews
+
+    for kind, name, body in (
+        ("images", "a.jpg", b"jpeg"),
+        ("labels", "a.txt", b"0 .5 .5 .1 .1\n2 .4 .4 .2 .2\n1 .3 .3 .1 .1\n"),
+    ):
+        (tmp_path / "ds" / kind / "test").mkdir(parents=True)
+        (tmp_path / "ds" / kind / "test" / name).write_bytes(body)
+    (tmp_path / "ds" / "images" / "test" / "b.jpg").write_bytes(b"background")  # no label: stays one
+    data = {"path": str(tmp_path / "ds"), "train": "images/test", "val": "images/test", "test": "images/test"}
+    data_yaml = tmp_path / "ds" / "data.yaml"
+    data_yaml.write_text(yaml.safe_dump(data | {"names": {0: "cat", 1: "dog", 2: "bird"}}))
+    assert classviews.decision_split(data) == "test" and classviews.decision_split({"val": "v"}) == "val"
+    same, images = classviews.view(
+        data_yaml,
+        split="test",
+        model_names=["cat", "dog", "bird"],
+        keep=["cat", "dog", "bird"],
+        out_dir=tmp_path / "v0",
+    )
+    assert (same, images) == (data_yaml, 2)  # nothing to rewrite: the dataset as it is
+    # A champion that knew [dog, cat]: the bird is not compared, cat and dog take its ids.
+    comparison = classviews.compare(["cat", "dog", "bird"], ["dog", "cat", "fish"])
+    assert (comparison.shared, comparison.added, comparison.removed) == (["cat", "dog"], ["bird"], ["fish"])
+    assert comparison.changed and comparison.describe() == "added bird; removed fish"
+    assert not classviews.compare(["a", "b"], ["b", "a"]).changed
+    written, images = classviews.view(
+        data_yaml, split="test", model_names=["dog", "cat", "fish"], keep=comparison.shared, out_dir=tmp_path / "v1"
+    )
+    assert images == 2 and written == tmp_path / "v1" / "data.yaml"
+    assert (tmp_path / "v1" / "labels" / "test" / "a.txt").read_text() == "1 .5 .5 .1 .1\n0 .3 .3 .1 .1\n"
+    assert not (tmp_path / "v1" / "labels" / "test" / "b.txt").exists()
+    assert (tmp_path / "v1" / "images" / "test" / "b.jpg").read_bytes() == b"background"
+    view = yaml.safe_load(written.read_text())
+    assert view["names"] == {0: "dog", 1: "cat", 2: "fish"} and view["test"] == "images/test"
