@@ -15,12 +15,43 @@ from pathlib import Path
 import click
 import yaml
 
-from daemon import __version__, errors, explaining, logs, settings
+from daemon import __version__, errors, explaining, logs, settings, settings_sources
 from daemon.journal import base, sqlite
+from daemon.model import ids
+from daemon.model import runs as runs_model
 from daemon.rules import loading
 
 #: Exit status when the settings are invalid.
 EXIT_CONFIG = 2
+#: The options of the ``retrain`` group, accepted after the subcommand too (``retrain status --set k=v``).
+GLOBAL_OPTIONS = ("--config", "--set", "--log-level", "--log-format")
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """``args`` with every global option (and its value) moved before the subcommand, in their order."""
+    front: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            rest += args[index:]
+            break
+        if arg.split("=", 1)[0] in GLOBAL_OPTIONS:
+            width = 1 if "=" in arg else 2
+            front += args[index : index + width]
+            index += width
+            continue
+        rest.append(arg)
+        index += 1
+    return front + rest
+
+
+class RetrainGroup(click.Group):
+    """The ``retrain`` group: its options work before or after the subcommand."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(args))
 
 
 def _settings(ctx: click.Context) -> settings.Settings:
@@ -30,7 +61,7 @@ def _settings(ctx: click.Context) -> settings.Settings:
     return value
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=RetrainGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, "--version", "-V", prog_name="retrain", package_name="retrain-daemon")
 @click.option(
     "--config",
@@ -63,7 +94,8 @@ def main(
 
     Watches MinIO buckets and dataset folders, applies the rules in rules/*.yaml, launches Kubeflow
     Pipelines runs that validate, tune, train and evaluate YOLO models, and promotes a new MLflow model
-    version to 'champion' only when it beats the current one.
+    version to 'champion' only when it beats the current one. The options above work before or after the
+    command.
     """
     flags = list(overrides)
     if log_level:
@@ -130,6 +162,9 @@ def rules_check(ctx: click.Context, paths: tuple[Path, ...]) -> None:
     """
     targets = list(paths) or [_settings(ctx).rules.path]
     result = loading.load_paths(targets)
+    if not result.errors and not loading.rule_files([t for t in targets if t.exists()]):
+        click.echo(f"no rule files (*.yaml, *.yml) in {', '.join(str(t) for t in targets)}", err=True)
+        sys.exit(1)
     for error in result.errors:
         click.echo(error.render())
     if not result.ok:
@@ -152,7 +187,10 @@ def explain(ctx: click.Context, rule: str, history: int) -> None:
         for error in loaded.errors:
             click.echo(error.render(), err=True)
         known = ", ".join(sorted(loaded.rules)) or "none"
-        click.echo(f"retrain explain: no valid rule {rule!r} in {config.rules.path} (valid rules: {known})", err=True)
+        hint = settings_sources.suggest(rule, loaded.rules)
+        click.echo(
+            f"retrain explain: no valid rule {rule!r}{hint} in {config.rules.path} (valid rules: {known})", err=True
+        )
         sys.exit(1)
     journal_path = config.journal.path
     if journal_path.exists():
@@ -174,11 +212,10 @@ def explain(ctx: click.Context, rule: str, history: int) -> None:
 def status(ctx: click.Context, as_json: bool) -> None:
     """Show rules with pending data, active runs, recent decisions and the champion of each model."""
     config = _settings(ctx)
-    if not config.journal.path.exists():
-        click.echo(f"no journal at {config.journal.path}: the daemon has not run yet")
-        sys.exit(1)
     loaded = loading.load_paths([config.rules.path])
-    journal = sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
+    if not config.journal.path.exists() and not as_json:  # the rules as an empty journal sees them
+        click.echo(f"no journal at {config.journal.path} yet: the daemon has not run")
+    journal = _journal_or_empty(config)
     try:
         now = datetime.now(UTC)
         data = explaining.status_data(loaded.rules, journal, now=now)
@@ -207,17 +244,172 @@ def trigger(ctx: click.Context, rule: str, reason: str) -> None:
 
     config = _settings(ctx)
     loaded = loading.load_paths([config.rules.path])
+    try:  # refused before the journal is opened (it may not exist yet)
+        operating.check_trigger(loaded.rules, rule, s3_configured=config.sources.s3.endpoint is not None)
+    except operating.UnknownRule as exc:
+        click.echo(f"retrain trigger: {exc} in {config.rules.path}", err=True)
+        sys.exit(1)
+    except operating.TriggerRefused as exc:
+        click.echo(f"retrain trigger: {exc}", err=True)
+        sys.exit(1)
     journal = sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
     try:
         request = operating.request_trigger(
             journal, loaded.rules, rule, reason=reason, actor=getpass.getuser(), at=datetime.now(UTC)
         )
-    except operating.UnknownRule as exc:
-        click.echo(f"retrain trigger: {exc} in {config.rules.path}", err=True)
-        sys.exit(1)
     finally:
         journal.close()
     click.echo(f"manual trigger for {rule} journaled ({request[:12]}); the daemon answers it on its next pass")
+    address = _daemon_address(config)
+    if address is not None:
+        click.echo(
+            f"warning: no daemon answers at {address}: the request waits in {config.journal.path} until one runs",
+            err=True,
+        )
+
+
+def _pause_command(ctx: click.Context, rule: str, reason: str, *, paused: bool) -> None:
+    import getpass
+
+    from daemon import operating
+
+    config = _settings(ctx)
+    loaded = loading.load_paths([config.rules.path])
+    verb = "pause" if paused else "resume"
+    try:
+        operating.known_rule(loaded.rules, rule)
+    except operating.UnknownRule as exc:
+        click.echo(f"retrain {verb}: {exc} in {config.rules.path}", err=True)
+        sys.exit(1)
+    journal = sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
+    try:
+        changed = operating.set_paused(
+            journal, loaded.rules, rule, paused=paused, reason=reason, actor=getpass.getuser(), at=datetime.now(UTC)
+        )
+    finally:
+        journal.close()
+    if paused:
+        click.echo(
+            f"{rule} paused: it decides nothing until `retrain resume {rule}`" if changed else f"{rule} was paused"
+        )
+    else:
+        click.echo(f"{rule} resumed" if changed else f"{rule} was not paused")
+
+
+@main.command()
+@click.argument("rule")
+@click.option("--reason", default="paused by hand", show_default=True, help="Why, recorded in the journal.")
+@click.pass_context
+def pause(ctx: click.Context, rule: str, reason: str) -> None:
+    """Pause RULE: no trigger launches it (manual ones are refused) until it is resumed; survives restarts."""
+    _pause_command(ctx, rule, reason, paused=True)
+
+
+@main.command()
+@click.argument("rule")
+@click.pass_context
+def resume(ctx: click.Context, rule: str) -> None:
+    """Resume a paused RULE: what arrived meanwhile is pending as usual."""
+    _pause_command(ctx, rule, "", paused=False)
+
+
+@rules.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the rules as GET /api/v1/rules serves them).")
+@click.pass_context
+def rules_list(ctx: click.Context, as_json: bool) -> None:
+    """List the valid rules: state, data, model, triggers and where each is written. Errors go to stderr."""
+    config = _settings(ctx)
+    loaded = loading.load_paths([config.rules.path])
+    journal = _journal_or_empty(config)
+    try:
+        found = [(name, item, journal.pause_of(name)) for name, item in sorted(loaded.rules.items())]
+    finally:
+        journal.close()
+    for error in loaded.errors:
+        click.echo(error.render(), err=True)
+    if as_json:
+        data = [
+            {
+                "name": name,
+                "file": item.file,
+                "line": item.line,
+                "paused": explaining.pause_data(paused),
+                "rule": item.rule.model_dump(mode="json"),
+            }
+            for name, item, paused in found
+        ]
+        click.echo(json.dumps({"rules": data}, indent=2))
+        return
+    for name, item, paused in found:
+        rule = item.rule
+        state = "paused" if paused else ("enabled" if rule.enabled else "disabled")
+        kinds = ", ".join(t.kind for t in rule.triggers)
+        where = f"{item.file}:{item.line}" if item.line else item.file
+        click.echo(f"{name}  {state}  {rule.dataset.source} -> {rule.model.registered_name}  [{kinds}]  ({where})")
+    if not found:
+        click.echo(f"no valid rule in {config.rules.path}")
+
+
+@main.command("runs")
+@click.argument("run_key", required=False)
+@click.option(
+    "--state", "state_", type=click.Choice([s.value for s in runs_model.RunState]), help="Only runs in this state."
+)
+@click.option("--limit", default=20, show_default=True, help="How many runs, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (as GET /api/v1/runs and /api/v1/runs/KEY).")
+@click.pass_context
+def runs_command(ctx: click.Context, run_key: str | None, state_: str | None, limit: int, as_json: bool) -> None:
+    """List runs, newest first, or show one RUN_KEY in full."""
+    config = _settings(ctx)
+    journal = _journal_or_empty(config)
+    try:
+        if run_key is not None:
+            found = journal.get_run(ids.RunKey(run_key))
+            if found is None:
+                click.echo(f"retrain runs: no run {run_key!r} in {config.journal.path}", err=True)
+                sys.exit(1)
+            data = explaining.run_data(found)
+            if as_json:
+                click.echo(json.dumps(data, indent=2))
+            else:
+                click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+            return
+        states = None if state_ is None else frozenset({runs_model.RunState(state_)})
+        listed = [explaining.run_data(r) for r in journal.runs(states=states, limit=limit)]
+    finally:
+        journal.close()
+    if as_json:
+        click.echo(json.dumps({"runs": listed}, indent=2))
+        return
+    for run in listed:
+        score = run["metrics"].get("map50_95")
+        figure = f" map50_95={score:.4f}" if isinstance(score, int | float) else ""
+        decision = run["promotion"].get("decision", "")
+        head = f"{run['created_at']}  {run['run_key']}  {run['rule']}  {run['state']}  {run['trigger']}"
+        click.echo(f"{head}{figure} {decision}".rstrip())
+    if not listed:
+        click.echo("no runs" + (f" in state {state_}" if state_ else ""))
+
+
+def _journal_or_empty(config: settings.Settings) -> base.Journal:
+    """The journal, or an empty one in memory before the daemon's first run (the file is not created)."""
+    if config.journal.path.exists():
+        return sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
+    return sqlite.SqliteJournal(":memory:")
+
+
+def _daemon_address(config: settings.Settings) -> str | None:
+    """The daemon's address when no daemon answers its liveness probe there (None: one does)."""
+    import httpx
+
+    # A daemon listening on every interface is reached on the loopback one.
+    host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::", "") else config.http.host  # noqa: S104
+    address = f"http://{host}:{config.http.port}"
+    try:
+        httpx.get(f"{address}/healthz", timeout=2.0)
+    except httpx.HTTPError:
+        return address
+    return None
 
 
 @main.command()
@@ -233,6 +425,14 @@ def rollback(ctx: click.Context, model: str, to_version: str | None, reason: str
     from daemon.registry import mlflow as registry
 
     config = _settings(ctx)
+    store = registry.local_store(config.mlflow.tracking_uri)
+    if store is not None and not store.exists():  # opening it would create (and migrate) an empty store
+        click.echo(
+            f"retrain rollback: unknown model {model!r}: MLflow has no registered model of that name "
+            f"(no MLflow store at {store} yet)",
+            err=True,
+        )
+        sys.exit(1)
     registry.configure(config.mlflow)
     mlflow = registry.Mlflow(tracking_uri=config.mlflow.tracking_uri, registry_uri=config.mlflow.registry_uri)
     journal = sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)

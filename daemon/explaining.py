@@ -11,7 +11,7 @@ from typing import Any
 
 from daemon.engine import deciding
 from daemon.journal import base
-from daemon.model import decisions, durations, runs
+from daemon.model import decisions, durations, runs, state
 from daemon.rules import loading
 
 
@@ -101,6 +101,10 @@ def decision_record_data(record: base.DecisionRecord) -> dict[str, Any]:
     }
 
 
+def pause_data(pause: state.Pause | None) -> dict[str, Any] | None:
+    return None if pause is None else {"actor": pause.actor, "reason": pause.reason, "at": iso(pause.at)}
+
+
 def run_data(run: runs.RunRecord) -> dict[str, Any]:
     return {
         "run_key": run.run_key,
@@ -160,6 +164,7 @@ def status_data(
                 "file": str(loaded.file),
                 "line": loaded.line,
                 "enabled": rule.enabled,
+                "paused": pause_data(st.paused),
                 "model": rule.model.registered_name,
                 "pending": {"labels": st.pending.labels, "images": st.pending.images, "deleted": st.pending.deleted},
                 "decision": _decision_data(deciding.decide(rule, st, now)),
@@ -198,7 +203,9 @@ def status_lines(data: Mapping[str, Any], *, now: datetime) -> Iterator[str]:
             f"LAUNCH {decision['run_key']}" if decision["outcome"] == "launch" else f"waiting [{decision['code']}]"
         )
         pending = f"{rule['pending']['labels']} new labels, {rule['pending']['images']} new images"
-        yield f"  {rule['name']}: {pending}; {verdict}: {decision['reason']}{when}"
+        flags = "" if rule["enabled"] else " (disabled)"
+        flags += " (PAUSED)" if rule.get("paused") else ""
+        yield f"  {rule['name']}{flags}: {pending}; {verdict}: {decision['reason']}{when}"
         for record in rule["recent_decisions"]:
             at = _parse(record["at"])
             yield f"    {at:%Y-%m-%d %H:%M:%S} {record['outcome']} [{record['code']}] {record['reason']}"

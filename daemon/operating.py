@@ -7,23 +7,68 @@ moves MLflow's ``champion`` alias (who and why in the version's tags) and journa
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from daemon import errors
 from daemon.journal import base
-from daemon.model import outcomes
+from daemon.model import outcomes, state
 from daemon.registry import mlflow as registry
 from daemon.rules import loading
 
 
-class UnknownRule(errors.PermanentError):
+class TriggerRefused(errors.PermanentError):
+    """A manual trigger that could not do anything: the rule is disabled, or its data cannot be read."""
+
+
+class UnknownRule(TriggerRefused):
     """The named rule is not among the valid rules."""
 
 
 class NothingToRollBackTo(errors.PermanentError):
     """The model has no earlier promoted version."""
+
+
+def known_rule(loaded_rules: Mapping[str, loading.LoadedRule], rule: str) -> loading.LoadedRule:
+    """The rule of that name. Raises :class:`UnknownRule` (with the closest name suggested)."""
+    found = loaded_rules.get(rule)
+    if found is None:
+        known = ", ".join(sorted(loaded_rules)) or "none"
+        close = difflib.get_close_matches(rule, list(loaded_rules), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UnknownRule(f"no valid rule {rule!r}{hint} (valid rules: {known})")
+    return found
+
+
+def check_trigger(
+    loaded_rules: Mapping[str, loading.LoadedRule],
+    rule: str,
+    *,
+    s3_configured: bool = True,
+    paused: state.Pause | None = None,
+) -> None:
+    """Refuse a manual trigger that could do nothing.
+
+    Raises:
+        UnknownRule: no valid rule of that name (the closest name is suggested).
+        TriggerRefused: the rule is disabled or ``paused``, or it reads a bucket and no S3 endpoint is set
+            (``s3_configured`` false): journaling it would end in "dataset is empty".
+    """
+    found = known_rule(loaded_rules, rule)
+    if paused is not None:
+        raise TriggerRefused(
+            f"rule {rule!r} is paused (by {paused.actor}: {paused.reason}): `retrain resume {rule}` first"
+        )
+    where = f"{found.file}:{found.line}" if found.line else found.file
+    if not found.rule.enabled:
+        raise TriggerRefused(f"rule {rule!r} is disabled (enabled: false in {where}): enable it to trigger it")
+    if found.rule.dataset.scheme == "s3" and not s3_configured:
+        raise TriggerRefused(
+            f"rule {rule!r} reads {found.rule.dataset.source} but sources.s3.endpoint is not set: "
+            f"the daemon cannot read its data"
+        )
 
 
 def request_trigger(
@@ -34,12 +79,31 @@ def request_trigger(
     reason: str,
     actor: str,
     at: datetime,
+    s3_configured: bool = True,
 ) -> str:
-    """Journal a manual trigger of ``rule``; returns the request id. Raises :class:`UnknownRule`."""
-    if rule not in loaded_rules:
-        known = ", ".join(sorted(loaded_rules)) or "none"
-        raise UnknownRule(f"no valid rule {rule!r} (valid rules: {known})")
+    """Journal a manual trigger of ``rule`` (after :func:`check_trigger`); returns the request id."""
+    check_trigger(loaded_rules, rule, s3_configured=s3_configured, paused=journal.pause_of(rule))
     return journal.request_manual(rule, reason=reason, actor=actor, at=at)
+
+
+def set_paused(
+    journal: base.Journal,
+    loaded_rules: Mapping[str, loading.LoadedRule],
+    rule: str,
+    *,
+    paused: bool,
+    reason: str,
+    actor: str,
+    at: datetime,
+) -> bool:
+    """Pause ``rule`` (it decides nothing, manual triggers are refused) or resume it; journaled, so it survives
+    restarts. Returns whether that changed anything (pausing a paused rule keeps the first pause).
+
+    Raises:
+        UnknownRule: no valid rule of that name.
+    """
+    known_rule(loaded_rules, rule)
+    return journal.set_pause(rule, state.Pause(actor=actor, reason=reason, at=at) if paused else None)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -46,13 +46,15 @@ class Origins:
         self.by_path[".".join(path)] = origin
 
     def of(self, dotted: str) -> str:
-        """The origin of ``dotted`` or of its closest ancestor (a value inside a JSON mapping)."""
+        """The origin of ``dotted``, of its closest ancestor (a value inside a JSON mapping), or of the first
+        value set below it (``--set htp.port=1`` is the origin of the unknown ``htp``)."""
         probe = dotted
         while probe:
             if probe in self.by_path:
                 return self.by_path[probe]
             probe = probe.rpartition(".")[0]
-        return "defaults"
+        below = sorted(path for path in self.by_path if path.startswith(f"{dotted}."))
+        return self.by_path[below[0]] if dotted and below else "defaults"
 
 
 def known_fields(model: type[BaseModel], path: list[str]) -> list[str]:

@@ -15,12 +15,14 @@ replayed and explained.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from daemon.engine import snapshots
-from daemon.model import decisions, durations, ids, rules, state, triggers
+from daemon.model import crontab, decisions, durations, ids, rules, state, triggers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,6 +204,29 @@ def _evaluate(rule: rules.Rule, st: state.RuleState, now: datetime) -> tuple[lis
     return fires, waits
 
 
+def _next_slot(rule: rules.Rule, now: datetime) -> tuple[datetime, triggers.ScheduleTrigger] | None:
+    """The rule's next schedule slot after ``now`` and its trigger (None: no schedule, or one that never fires)."""
+    found: tuple[datetime, triggers.ScheduleTrigger] | None = None
+    for spec in rule.triggers_of(decisions.TriggerKind.SCHEDULE):
+        slot = crontab.CronExpression.parse(spec.cron).next_after(now, ZoneInfo(spec.timezone))
+        if slot is not None and (found is None or slot < found[0]):
+            found = (slot, spec)
+    return found
+
+
+def _with_next_slot(rule: rules.Rule, wait: _Wait, now: datetime) -> _Wait:
+    """A wait of a rule with a schedule, saying when that schedule fires next if nothing else comes sooner."""
+    upcoming = _next_slot(rule, now)
+    if upcoming is None or (wait.next_check_at is not None and wait.next_check_at <= upcoming[0]):
+        return wait
+    slot, spec = upcoming
+    return dataclasses.replace(
+        wait,
+        reason=f"{wait.reason}; next schedule slot {_clock(slot)} ('{spec.cron}' {spec.timezone})",
+        next_check_at=slot,
+    )
+
+
 def _numbers(st: state.RuleState, now: datetime) -> dict[str, Any]:
     numbers: dict[str, Any] = {
         "pending_labels": st.pending.labels,
@@ -286,6 +311,14 @@ def decide(rule: rules.Rule, st: state.RuleState, now: datetime) -> decisions.De
         return decisions.Skip(
             rule=rule.name, code=decisions.SkipCode.DISABLED, reason="rule is disabled", numbers=numbers
         )
+    if st.paused is not None:
+        paused = st.paused
+        return decisions.Skip(
+            rule=rule.name,
+            code=decisions.SkipCode.PAUSED,
+            reason=f"paused by {paused.actor} at {_clock(paused.at)}: {paused.reason} (retrain resume {rule.name})",
+            numbers=numbers,
+        )
     fires, waits = _evaluate(rule, st, now)
     # Ticks and observations that are answered without a run are consumed whatever else happens.
     answered = tuple(a for w in waits for a in w.acknowledges)
@@ -299,7 +332,7 @@ def decide(rule: rules.Rule, st: state.RuleState, now: datetime) -> decisions.De
     if not fires:
         informative = sorted(waits, key=lambda w: w.next_check_at is None)
         wait = informative[0] if informative else _Wait(code=decisions.SkipCode.NOT_DUE, reason="no trigger is due")
-        return _skip(rule, wait, numbers, answered)
+        return _skip(rule, _with_next_slot(rule, wait, now), numbers, answered)
     fire = fires[0]
     if (blocked := _limits(rule, st, fire, now)) is not None:
         return _skip(rule, blocked, numbers, answered)

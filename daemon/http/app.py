@@ -16,6 +16,7 @@ slow MLflow never blocks the probes.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +24,8 @@ from typing import Annotated, Any
 
 import pydantic
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from daemon import __version__, errors, explaining, logs, operating, redaction
@@ -65,6 +67,8 @@ class Context:
     clock: Callable[[], datetime]
     since_last_pass: Callable[[], float]
     liveness_timeout_s: float
+    s3_configured: bool = True
+    """An S3 endpoint is set: rules reading a bucket can be triggered."""
 
 
 class TriggerRequest(pydantic.BaseModel):
@@ -180,7 +184,13 @@ def status(ctx: Ctx) -> dict[str, Any]:
 @api.get("/rules")
 def rules(ctx: Ctx) -> dict[str, Any]:
     found = [
-        {"name": name, "file": loaded.file, "line": loaded.line, "rule": loaded.rule.model_dump(mode="json")}
+        {
+            "name": name,
+            "file": loaded.file,
+            "line": loaded.line,
+            "paused": explaining.pause_data(ctx.journal.pause_of(name)),
+            "rule": loaded.rule.model_dump(mode="json"),
+        }
         for name, loaded in sorted(ctx.rulebook.rules.items())
     ]
     return {"rules": found, "errors": [error.render() for error in ctx.rulebook.errors]}
@@ -192,6 +202,8 @@ def decisions(
     rule: Annotated[str | None, Query(description="one rule; default: every rule in force")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> dict[str, Any]:
+    if rule is not None and rule not in ctx.rulebook.rules and not ctx.journal.has_history(rule):
+        raise HTTPException(404, f"no rule {rule!r}: not in force and never journaled")
     names = [rule] if rule is not None else sorted(ctx.rulebook.rules)
     return {
         name: [explaining.decision_record_data(r) for r in ctx.journal.decisions(name, limit=limit)] for name in names
@@ -234,14 +246,59 @@ def trigger(ctx: Ctx, rule: str, request: TriggerRequest | None = None) -> dict[
     body = request or TriggerRequest()
     try:
         request_id = operating.request_trigger(
-            ctx.journal, ctx.rulebook.rules, rule, reason=body.reason, actor=f"api:{body.actor}", at=ctx.clock()
+            ctx.journal,
+            ctx.rulebook.rules,
+            rule,
+            reason=body.reason,
+            actor=f"api:{body.actor}",
+            at=ctx.clock(),
+            s3_configured=ctx.s3_configured,
+        )
+    except operating.UnknownRule as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except operating.TriggerRefused as exc:
+        raise HTTPException(409, str(exc)) from exc
+    except errors.TemporaryError as exc:
+        raise HTTPException(503, str(exc)) from exc
+    log.info("manual_trigger_requested", rule=rule, actor=body.actor, reason=body.reason)
+    return {"rule": rule, "request": request_id, "note": "the daemon answers it on its next pass"}
+
+
+class PauseRequest(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    reason: str = pydantic.Field(default="paused through the API", min_length=1, max_length=500)
+    actor: str = pydantic.Field(default="anonymous", min_length=1, max_length=100)
+
+
+def _set_paused(ctx: Context, rule: str, body: PauseRequest, *, paused: bool) -> dict[str, Any]:
+    try:
+        changed = operating.set_paused(
+            ctx.journal,
+            ctx.rulebook.rules,
+            rule,
+            paused=paused,
+            reason=body.reason,
+            actor=f"api:{body.actor}",
+            at=ctx.clock(),
         )
     except operating.UnknownRule as exc:
         raise HTTPException(404, str(exc)) from exc
     except errors.TemporaryError as exc:
         raise HTTPException(503, str(exc)) from exc
-    log.info("manual_trigger_requested", rule=rule, actor=body.actor, reason=body.reason)
-    return {"rule": rule, "request": request_id, "note": "the daemon answers it on its next pass"}
+    log.info("rule_paused" if paused else "rule_resumed", rule=rule, actor=body.actor, changed=changed)
+    return {"rule": rule, "paused": explaining.pause_data(ctx.journal.pause_of(rule)), "changed": changed}
+
+
+@api.post("/rules/{rule}/pause", dependencies=[Depends(require_token)])
+def pause(ctx: Ctx, rule: str, request: PauseRequest | None = None) -> dict[str, Any]:
+    """Pause a rule like ``retrain pause``: it decides nothing and refuses manual triggers until resumed."""
+    return _set_paused(ctx, rule, request or PauseRequest(), paused=True)
+
+
+@api.post("/rules/{rule}/resume", dependencies=[Depends(require_token)])
+def resume(ctx: Ctx, rule: str, request: PauseRequest | None = None) -> dict[str, Any]:
+    """Resume a paused rule like ``retrain resume``."""
+    return _set_paused(ctx, rule, request or PauseRequest(reason="resumed through the API"), paused=False)
 
 
 @api.post("/models/{model}/rollback", dependencies=[Depends(require_token)])
@@ -271,10 +328,53 @@ def rollback(ctx: Ctx, model: str, request: RollbackRequest | None = None) -> di
     return {"model": model, "previous": done.previous, "champion": done.target, "actor": done.actor}
 
 
+def _docs_page(schema: dict[str, Any]) -> str:
+    """The API reference as one self-contained HTML page, from the OpenAPI document (FastAPI's own ``/docs``
+    loads Swagger UI from a CDN; the daemon serves everything itself)."""
+    rows = []
+    for path, operations in sorted(schema.get("paths", {}).items()):
+        for method, operation in operations.items():
+            params = ", ".join(p["name"] for p in operation.get("parameters", []))
+            text = html.escape(str(operation.get("description") or operation.get("summary") or ""))
+            rows.append(
+                f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
+                f"<td>{html.escape(params)}</td><td>{text}</td></tr>"
+            )
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        "<meta name=viewport content='width=device-width, initial-scale=1'>"
+        f"<title>retrain-daemon {html.escape(__version__)} API</title>"
+        "<style>body{font-family:system-ui,sans-serif;margin:1rem}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:.3rem .5rem;text-align:left;vertical-align:top}</style></head><body>"
+        f"<h1>retrain-daemon {html.escape(__version__)}: HTTP API</h1>"
+        '<p>Every error answers <code>{"detail": "..."}</code>. The machine-readable document is '
+        "<a href='/openapi.json'>/openapi.json</a>. Mutating endpoints need "
+        "<code>Authorization: Bearer &lt;http.api_token&gt;</code>.</p>"
+        "<table><tr><th>method</th><th>path</th><th>parameters</th><th>what it does</th></tr>"
+        + "".join(rows)
+        + "</table></body></html>"
+    )
+
+
+async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+    """A request FastAPI refused (a query value out of range...): ``{"detail": "..."}`` like every error."""
+    assert isinstance(exc, RequestValidationError)
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in error.get('loc', ()))}: {error.get('msg', '')}" for error in exc.errors()
+    )
+    return JSONResponse({"detail": problems}, status_code=422)
+
+
 def create_app(context: Context) -> FastAPI:
     """The application serving ``context``."""
     app = FastAPI(title="retrain-daemon", version=__version__, docs_url=None, redoc_url=None)
     app.state.context = context
     app.include_router(service)
     app.include_router(api)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(_docs_page(app.openapi()))
+
     return app

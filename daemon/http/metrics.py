@@ -9,15 +9,26 @@ the :class:`~daemon.sources.base.StatusBoard` and the journal, so the figures ca
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from daemon import logs
+from daemon import __version__, logs
 from daemon.journal import base as journal_base
 from daemon.model import runs
 from daemon.rules import reloading
@@ -73,6 +84,13 @@ class Metrics:
             "retrain_loop_errors", "Loop passes that ended in an error (logged).", registry=self.registry
         )
         self.registry.register(_StateCollector(board, journal, rulebook, clock, since_last_pass))
+        # The process (memory, CPU, open files), the Python runtime and the build, as every exporter has them.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        Info("retrain_build", "The daemon's version and Python.", registry=self.registry).info(
+            {"version": __version__, "python": platform.python_version()}
+        )
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

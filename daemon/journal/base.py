@@ -214,6 +214,14 @@ class Journal(abc.ABC):
     def request_manual(self, rule: str, *, reason: str, actor: str, at: datetime) -> str:
         """Journal a manual trigger request; returns its id."""
 
+    @abc.abstractmethod
+    def set_pause(self, rule: str, pause: state.Pause | None) -> bool:
+        """Pause ``rule`` (``pause``) or resume it (None); returns whether that changed anything."""
+
+    @abc.abstractmethod
+    def pause_of(self, rule: str) -> state.Pause | None:
+        """How ``rule`` was paused, or None while it is not."""
+
     # --- rule identity ----------------------------------------------------------------------------
     @abc.abstractmethod
     def has_history(self, rule: str) -> bool:

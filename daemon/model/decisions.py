@@ -34,6 +34,7 @@ class TriggerKind(enum.StrEnum):
 
 class SkipCode(enum.StrEnum):
     DISABLED = "disabled"
+    PAUSED = "paused"
     DATASET_UNAVAILABLE = "dataset_unavailable"
     NO_NEW_DATA = "no_new_data"
     BELOW_THRESHOLD = "below_threshold"

@@ -46,6 +46,15 @@ class Observation:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Pause:
+    """``retrain pause RULE``: the rule decides nothing until it is resumed."""
+
+    actor: str
+    reason: str
+    at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
 class ManualRequest:
     """``retrain trigger RULE``: a launch asked for by a person."""
 
@@ -75,3 +84,5 @@ class RuleState:
     ticks: tuple[Tick, ...] = ()
     observations: tuple[Observation, ...] = ()
     manual: tuple[ManualRequest, ...] = ()
+    paused: Pause | None = None
+    """Set while an operator has paused the rule."""

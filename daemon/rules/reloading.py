@@ -54,6 +54,7 @@ class RuleBook:
     _files: dict[str, _FileState] = field(default_factory=dict)
     _rules: dict[str, loading.LoadedRule] = field(default_factory=dict)
     _conflicts: tuple[errors.ConfigError, ...] = ()
+    _folder_state: str = ""
 
     @property
     def rules(self) -> dict[str, loading.LoadedRule]:
@@ -80,6 +81,7 @@ class RuleBook:
         except OSError as exc:
             log.warning("rules_folder_unreadable", folder=str(self.folder), error=str(exc))
             return RefreshReport()
+        self._report_folder("missing" if not self.folder.is_dir() else ("empty" if not paths else "rules"))
         seen: set[str] = set()
         for path in paths:
             name = str(path)
@@ -118,6 +120,16 @@ class RuleBook:
         return RefreshReport(
             applied=tuple(applied), rejected=tuple(rejected), removed=tuple(removed), errors=tuple(found_errors)
         )
+
+    def _report_folder(self, state: str) -> None:
+        """Warn when the folder is missing or holds no rule file (once per change): no rule is in force."""
+        if state == self._folder_state:
+            return
+        self._folder_state = state
+        if state == "missing":
+            log.warning("rules_folder_missing", folder=str(self.folder), note="no rule is in force until it exists")
+        elif state == "empty":
+            log.warning("rules_folder_empty", folder=str(self.folder), note="no *.yaml rule file: no rule is in force")
 
     def _rebuild(self) -> None:
         good = [state.last_good for _, state in sorted(self._files.items()) if state.last_good is not None]

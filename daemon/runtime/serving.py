@@ -42,6 +42,7 @@ def context(
         clock=parts.clock,
         since_last_pass=parts.liveness.since_last_pass,
         liveness_timeout_s=config.http.liveness_timeout_s,
+        s3_configured=config.sources.s3.endpoint is not None,
     )
 
 

@@ -65,12 +65,12 @@ class WebhookReceiver:
     def _reject(self, status: int, message: str) -> Reply:
         self.sink.board.add(NAME, rejected=1)
         log.warning("webhook_rejected", status=status, reason=message)
-        return Reply(status=status, body={"error": message})
+        return Reply(status=status, body={"detail": message})
 
     def handle(self, *, authorization: str | None, body: bytes | None) -> Reply:
         """Answer one delivery; ``body`` is None when it was larger than ``max_body_bytes``."""
         if self.token is None:
-            return Reply(status=404, body={"error": "webhook disabled: set sources.webhook_token"})
+            return Reply(status=404, body={"detail": "webhook disabled: set sources.webhook_token"})
         if not self.authorized(authorization):
             return self._reject(401, "missing or wrong bearer token")
         if body is None or len(body) > self.max_body_bytes:
@@ -87,7 +87,7 @@ class WebhookReceiver:
             result = self.sink.deliver(NAME, parsed.events)
         except errors.RetrainError as exc:
             log.error("webhook_journal_failed", error=str(exc))
-            return Reply(status=503, body={"error": "could not journal the events; retry later"})
+            return Reply(status=503, body={"detail": "could not journal the events; retry later"})
         self.sink.board.update(NAME, connected=True)
         return Reply(
             status=200, body={"journaled": result.new, "duplicates": result.duplicates, "ignored": parsed.ignored}

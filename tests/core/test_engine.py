@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import dataclasses
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.engine import deciding, snapshots
-from daemon.model import decisions, events, ids, runs, state
+from daemon.model import decisions, events, ids, rules, runs, state
 from tests.support.sim import T0, Simulation, label, make_rule
 
 FP = "ab" * 32
@@ -147,6 +148,49 @@ def test_schedule_slot_skipped_is_answered(labels: int, slot_ago: timedelta, rea
     assert isinstance(decision, decisions.Skip)
     assert reason in decision.reason
     assert decision.acknowledges == ("t1",)
+
+
+def test_a_paused_rule_decides_nothing_and_says_who_paused_it() -> None:
+    tick = state.Tick(id="t1", trigger_index=1, slot=T0 - 2 * M)
+    request = state.ManualRequest(id="m1", reason="now", actor="ops", at=T0 - M)
+    busy = state.RuleState(pending=pending(2000), snapshot=FP, ticks=(tick,), manual=(request,))
+    rule = make_rule(extra_triggers=SCHEDULE)
+    assert isinstance(deciding.decide(rule, busy, T0), decisions.Launch)
+    pause = state.Pause(actor="alice", reason="camera swap", at=T0 - 10 * M)
+    paused = deciding.decide(rule, dataclasses.replace(busy, paused=pause), T0)
+    assert isinstance(paused, decisions.Skip) and paused.code is decisions.SkipCode.PAUSED
+    assert paused.reason == "paused by alice at 2026-11-23 11:50 UTC: camera swap (retrain resume pets)"
+    assert paused.acknowledges == ()  # the slot and the request wait for the resume
+
+
+def test_a_rule_waiting_says_when_its_schedule_fires_next() -> None:
+    """Before: a schedule rule's skip had ``next_check_at: null`` and no word of the next slot."""
+    rule = make_rule(min_new_labels=1000, extra_triggers=SCHEDULE)  # Sundays 03:00 UTC; T0 is a Monday
+    waiting = deciding.decide(rule, state.RuleState(pending=pending(184), snapshot=FP), T0)
+    assert isinstance(waiting, decisions.Skip)
+    assert waiting.next_check_at == datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
+    assert waiting.reason == "184/1000 new labels; next schedule slot 2026-11-29 03:00 UTC ('0 3 * * 0' UTC)"
+    # A wait that ends sooner keeps its own time.
+    quiet = deciding.decide(rule, state.RuleState(pending=pending(1000, last_ago=42 * S), snapshot=FP), T0)
+    assert isinstance(quiet, decisions.Skip) and quiet.next_check_at == T0 - 42 * S + 10 * M
+    assert "next schedule slot" not in quiet.reason
+    only = rules.Rule.model_validate(
+        {
+            "name": "nightly",
+            "dataset": {"source": "file:///data/x"},
+            "model": {"registered_name": "x", "base": "yolov8n.yaml"},
+            "triggers": [{"schedule": {"cron": "30 2 * * *", "timezone": "America/New_York"}}],
+        }
+    )
+    idle = deciding.decide(only, state.RuleState(snapshot=FP), T0)
+    assert isinstance(idle, decisions.Skip) and idle.code is decisions.SkipCode.NOT_DUE
+    assert idle.next_check_at == datetime(2026, 11, 24, 7, 30, tzinfo=UTC)  # 02:30 in New York (EST)
+    assert idle.reason == "no trigger is due; next schedule slot 2026-11-24 07:30 UTC ('30 2 * * *' America/New_York)"
+    never = rules.Rule.model_validate(
+        {**only.model_dump(mode="json", exclude_none=True), "triggers": [{"schedule": {"cron": "0 0 31 2 *"}}]}
+    )
+    silent = deciding.decide(never, state.RuleState(snapshot=FP), T0)
+    assert silent.reason == "no trigger is due" and silent.next_check_at is None  # type: ignore[union-attr]
 
 
 def test_class_drift_fires_over_threshold_only_with_enough_labels() -> None:

@@ -436,7 +436,7 @@ def test_malformed_webhook_bodies_get_400_from_the_served_daemon(daemon: Daemon,
         f"{daemon.url()}/events/minio", content=content, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
     )
     assert reply.status_code == 400, reply.text
-    assert expected in reply.json()["error"]
+    assert expected in reply.json()["detail"]
     assert count(daemon, lambda j: j.event_count()) == 0
     assert daemon.terminate() == 0
 

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import daemon
 from daemon import reactor, settings
 from daemon.journal import sqlite as journal_sqlite
 from daemon.model import rules
@@ -196,6 +197,31 @@ def test_metrics_move_when_events_flow(live: Live, coco_mini: Path) -> None:
     assert after["retrain_loop_last_pass_age_seconds", ()] < 5
 
 
+def test_metrics_hold_the_process_the_runtime_and_the_build(live: Live) -> None:
+    """Before: the daemon's own registry dropped prometheus_client's process and Python metrics; no build info."""
+    found = samples(live.get("/metrics").text)
+    assert found["process_resident_memory_bytes", ()] > 0
+    assert found["process_open_fds", ()] > 0
+    assert any(name == "python_info" for name, _ in found)
+    build = [labels for name, labels in found if name == "retrain_build_info"]
+    assert build and dict(build[0])["version"] == daemon.__version__
+
+
+def test_errors_have_one_shape_and_unknown_rules_are_404_everywhere(live: Live) -> None:
+    """Before: ``/api/v1/decisions?rule=nosuch`` was 200 (``runs/nosuch`` 404), a bad query answered a list,
+    the webhook ``{"error": ...}``, and ``/docs`` was 404."""
+    missing = live.get("/api/v1/decisions?rule=nosuch")
+    assert missing.status_code == 404
+    assert missing.json() == {"detail": "no rule 'nosuch': not in force and never journaled"}
+    bad = live.get("/api/v1/decisions?limit=0")
+    assert bad.status_code == 422 and isinstance(bad.json()["detail"], str) and "limit" in bad.json()["detail"]
+    hook = httpx.post(f"{live.url}/events/minio", content=b"{}", timeout=10)
+    assert hook.status_code in (401, 404) and set(hook.json()) == {"detail"}
+    docs = live.get("/docs")
+    assert docs.status_code == 200 and "/api/v1/decisions" in docs.text
+    assert "http://" not in docs.text.replace(live.url, "") and "https://" not in docs.text  # nothing from a CDN
+
+
 def test_the_json_api_matches_retrain_status(live: Live, coco_mini: Path) -> None:
     drop_labelled_images(coco_mini, live.data, 2)
     wait_until(lambda: live.daemon.journal.event_count() == 4, 30, "4 events in the journal")
@@ -257,6 +283,27 @@ def test_trigger_needs_the_api_token(tmp_path: Path, journal: journal_sqlite.Sql
     assert "no valid rule 'nope'" in unknown.json()["detail"]
     assert apps.request(app, "POST", path, headers=auth, json={"reason": ""}).status_code == 422
     assert apps.request(app, "POST", path, headers=auth, json={"surprise": 1}).status_code == 422
+
+
+def test_pause_and_resume_through_the_api(tmp_path: Path, journal: journal_sqlite.SqliteJournal) -> None:
+    app = apps.app_for(journal, rules_path=rules_folder(tmp_path), api_token=apps.API_TOKEN)
+    auth = {"Authorization": f"Bearer {apps.API_TOKEN}"}
+    assert apps.request(app, "POST", "/api/v1/rules/shelves/pause").status_code == 401
+    paused = apps.request(
+        app, "POST", "/api/v1/rules/shelves/pause", headers=auth, json={"reason": "swap", "actor": "ops"}
+    )
+    assert paused.status_code == 200, paused.text
+    assert paused.json()["changed"] and paused.json()["paused"]["actor"] == "api:ops"
+    [listed] = apps.request(app, "GET", "/api/v1/rules").json()["rules"]
+    assert listed["paused"]["reason"] == "swap"
+    [rule] = apps.request(app, "GET", "/api/v1/status").json()["rules"]
+    assert rule["decision"]["code"] == "paused" and rule["paused"]["reason"] == "swap"
+    refused = apps.request(app, "POST", "/api/v1/rules/shelves/trigger", headers=auth)
+    assert refused.status_code == 409 and "is paused" in refused.json()["detail"]
+    resumed = apps.request(app, "POST", "/api/v1/rules/shelves/resume", headers=auth)
+    assert resumed.status_code == 200 and resumed.json() == {"rule": "shelves", "paused": None, "changed": True}
+    assert apps.request(app, "POST", "/api/v1/rules/shelves/trigger", headers=auth).status_code == 202
+    assert apps.request(app, "POST", "/api/v1/rules/nope/pause", headers=auth).status_code == 404
 
 
 def rules_of(tmp_path: Path) -> rules.Rule:

@@ -18,7 +18,7 @@ import pytest
 from daemon import errors
 from daemon.engine import deciding, snapshots
 from daemon.journal import base, sqlite
-from daemon.model import decisions, events, ids, outcomes, runs
+from daemon.model import decisions, events, ids, outcomes, runs, state
 from tests.support.sim import T0, Simulation, label, make_rule
 
 M = timedelta(minutes=1)
@@ -216,6 +216,23 @@ def test_promotions_are_recorded(journal: sqlite.SqliteJournal) -> None:
     )
     journal.record_promotion(record)
     assert journal.promotions("pets-detector") == [record]
+
+
+def test_a_pause_is_journaled_survives_a_reopen_and_follows_a_rename(tmp_path: Path) -> None:
+    journal = sqlite.SqliteJournal(tmp_path / "j.db")
+    rule = make_rule()
+    assert journal.pause_of("pets") is None and journal.rule_state(rule, now=T0).paused is None
+    pause = state.Pause(actor="ops", reason="camera swap", at=T0)
+    assert journal.set_pause("pets", pause)
+    assert not journal.set_pause("pets", state.Pause(actor="other", reason="again", at=T0 + M))  # the first stays
+    journal.close()
+    journal = sqlite.SqliteJournal(tmp_path / "j.db")
+    assert journal.pause_of("pets") == pause and journal.rule_state(rule, now=T0).paused == pause
+    assert journal.has_history("pets")
+    assert journal.rename_rule("pets", "pets-v2") and journal.pause_of("pets-v2") == pause
+    assert journal.set_pause("pets-v2", None) and journal.pause_of("pets-v2") is None
+    assert not journal.set_pause("pets-v2", None)
+    journal.close()
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:

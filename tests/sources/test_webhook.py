@@ -138,7 +138,7 @@ def test_malformed_bodies_get_400_and_journal_nothing(
     url, receiver = served
     response = httpx.post(url, content=content, headers=AUTH)
     assert response.status_code == 400
-    assert message in response.json()["error"]
+    assert message in response.json()["detail"]
     assert journal.event_count() == 0
     assert receiver.sink.board.get("webhook").rejected == 1
 
@@ -151,7 +151,7 @@ def test_a_record_missing_its_etag_rejects_the_whole_body(
     del document["Records"][1]["s3"]["object"]["eTag"]
     response = httpx.post(url, json=document, headers=AUTH)
     assert response.status_code == 400
-    assert "record 1: s3.object.eTag is missing" in response.json()["error"]
+    assert "record 1: s3.object.eTag is missing" in response.json()["detail"]
     assert journal.event_count() == 0
 
 

@@ -23,7 +23,7 @@ from daemon.model import decisions, events, ids, rules, runs, state
 #: Triggers whose runs are keyed by the data they train on (a schedule slot or a drift observation has its own).
 _DATA_TRIGGERS = (decisions.TriggerKind.NEW_LABELS, decisions.TriggerKind.CLASS_DRIFT, decisions.TriggerKind.MANUAL)
 #: Tables whose rows belong to a rule by name (moved by :meth:`RuleStore.rename_rule`).
-_BY_RULE = ("consumed", "runs", "decisions", "signals")
+_BY_RULE = ("consumed", "runs", "decisions", "signals", "rule_pauses")
 #: Tables whose rows belong to a dataset by name (moved with a rule whose dataset was named after it).
 _BY_DATASET = ("events", "inventory", "datasets", "consumed", "snapshots")
 
@@ -150,6 +150,7 @@ class RuleStore:
             ticks=tuple(ticks),
             observations=tuple(observations),
             manual=tuple(manual),
+            paused=self.pause_of(rule.name),
         )
 
     # --- decisions ---------------------------------------------------------------------------------
@@ -290,6 +291,23 @@ class RuleStore:
                 (sid, rule, reason, actor, times.ts(at)),
             )
         return sid
+
+    def set_pause(self, rule: str, pause: state.Pause | None) -> bool:
+        with self.database.transaction(f"{'pausing' if pause else 'resuming'} rule {rule}") as db:
+            if pause is None:
+                return db.execute("DELETE FROM rule_pauses WHERE rule = ?", (rule,)).rowcount > 0
+            return (
+                db.execute(
+                    "INSERT OR IGNORE INTO rule_pauses (rule, actor, reason, at) VALUES (?, ?, ?, ?)",
+                    (rule, pause.actor, pause.reason, times.ts(pause.at)),
+                ).rowcount
+                > 0
+            )
+
+    def pause_of(self, rule: str) -> state.Pause | None:
+        with self.database.reading() as db:
+            row = db.execute("SELECT actor, reason, at FROM rule_pauses WHERE rule = ?", (rule,)).fetchone()
+        return None if row is None else state.Pause(actor=row["actor"], reason=row["reason"], at=times.dt(row["at"]))
 
     # --- identity ---------------------------------------------------------------------------------
     def has_history(self, rule: str) -> bool:
