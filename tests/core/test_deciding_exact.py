@@ -189,6 +189,9 @@ def test_per_class_minimums_by_name_and_by_id() -> None:
 
 
 SCHEDULE = "  - schedule: {cron: '0 3 * * *', timezone: Europe/Berlin, misfire_grace: 5m, only_if_new_data: true}"
+#: What a waiting schedule rule adds to its reason: 03:00 in Berlin (CET) is 02:00 UTC, the next day.
+NEXT_SLOT = "; next schedule slot 2026-11-24 02:00 UTC ('0 3 * * *' Europe/Berlin)"
+NEXT_SLOT_AT = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
 
 
 def tick(minutes_ago: float, index: int = 0) -> state.Tick:
@@ -205,8 +208,9 @@ def tick(minutes_ago: float, index: int = 0) -> state.Tick:
             1,
             skip(
                 decisions.SkipCode.SLOT_SKIPPED,
-                "schedule slot 2026-11-23 11:54 UTC missed by 5m1s (grace 5m)",
+                "schedule slot 2026-11-23 11:54 UTC missed by 5m1s (grace 5m)" + NEXT_SLOT,
                 numbers(1, since=1.0),
+                at=NEXT_SLOT_AT,
                 acks=("tick-0",),
             ),
         ),
@@ -215,8 +219,9 @@ def tick(minutes_ago: float, index: int = 0) -> state.Tick:
             0,
             skip(
                 decisions.SkipCode.SLOT_SKIPPED,
-                "schedule slot 2026-11-23 11:59 UTC skipped: only_if_new_data and no new labels",
+                "schedule slot 2026-11-23 11:59 UTC skipped: only_if_new_data and no new labels" + NEXT_SLOT,
                 numbers(),
+                at=NEXT_SLOT_AT,
                 acks=("tick-0",),
             ),
         ),
@@ -225,8 +230,9 @@ def tick(minutes_ago: float, index: int = 0) -> state.Tick:
             1,
             skip(
                 decisions.SkipCode.SLOT_SKIPPED,
-                "schedule slot 2026-11-23 11:59 UTC: the trigger no longer exists",
+                "schedule slot 2026-11-23 11:59 UTC: the trigger no longer exists" + NEXT_SLOT,
                 numbers(1, since=1.0),
+                at=NEXT_SLOT_AT,
                 acks=("tick-3",),
             ),
         ),
@@ -443,7 +449,7 @@ def test_one_launch_answers_every_trigger_that_trains_on_the_same_data() -> None
 
 def test_no_trigger_due() -> None:
     got = deciding.decide(rule(SCHEDULE), state.RuleState(), NOW)
-    assert got == skip(decisions.SkipCode.NOT_DUE, "no trigger is due", numbers())
+    assert got == skip(decisions.SkipCode.NOT_DUE, "no trigger is due" + NEXT_SLOT, numbers(), at=NEXT_SLOT_AT)
 
 
 def test_the_waiting_reason_that_can_change_soonest_is_shown() -> None:

@@ -222,6 +222,11 @@ def test_label_counting_is_lenient() -> None:
     text = "0 0.5 0.5 0.1 0.1\n1 0.5 0.5 0.1 0.1\n0 0.1 0.1 0.1 0.1\n\nx 1 1 1 1\n2 0.5 0.5\n-1 0.5 0.5 0.1 0.1\n"
     assert labels.class_counts(text) == {"0": 2, "1": 1}
     assert labels.class_counts("") == {}
+    # Polygons (segmentation labels) are objects too, as training sees them: 3 points or more, an odd count.
+    polygons = (
+        "2 0.1 0.1 0.5 0.1 0.3 0.4\n2 0.1 0.1 0.5 0.1 0.3 0.4 0.2 0.2\n0 0.1 0.1 0.5 0.1 0.3\n0 1 2 3 4 5 6 7 8\n"
+    )
+    assert labels.class_counts(polygons) == {"2": 2, "0": 1}  # not the 6-number line
 
 
 # --- drift --------------------------------------------------------------------------------------------------------
