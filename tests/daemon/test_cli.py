@@ -81,8 +81,9 @@ def test_python_dash_m_daemon_is_retrain() -> None:
 
 
 def test_trigger_journals_a_request_and_status_shows_it(tmp_path: Path) -> None:
-    env = {"RETRAIN_JOURNAL__PATH": str(tmp_path / "journal.db")}
-    assert "has not run yet" in run("status", env=env).stdout
+    # The shipped rules read buckets: an endpoint must be set for their triggers to be taken.
+    env = {"RETRAIN_JOURNAL__PATH": str(tmp_path / "journal.db"), "RETRAIN_SOURCES__S3__ENDPOINT": "127.0.0.1:9"}
+    assert "the daemon has not run" in run("status", env=env).stdout
     result = run("trigger", "pets", "--reason", "new camera", env=env)
     assert result.returncode == 0, result.stderr
     assert "manual trigger for pets journaled" in result.stdout
