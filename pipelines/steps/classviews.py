@@ -97,7 +97,9 @@ def view(data_yaml: Path, *, split: str, model_names: list[str], keep: list[str]
     data = yaml.safe_load(data_yaml.read_text())
     root = Path(data.get("path") or data_yaml.parent)
     images = root / data[split]
-    labels = Path(str(images).replace(f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}", 1))
+    # Where Ultralytics looks for the labels: the last ``images`` folder of the path becomes ``labels``.
+    head, _, tail = f"{images}{os.sep}".rpartition(f"{os.sep}images{os.sep}")
+    labels = Path(f"{head}{os.sep}labels{os.sep}{tail}")
     image_files = sorted(p for p in images.iterdir() if p.is_file())
     dataset_names = names_of(data)
     if model_names == dataset_names and keep == dataset_names:

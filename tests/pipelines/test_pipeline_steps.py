@@ -440,15 +440,17 @@ def test_real_photos_with_backgrounds_polygons_and_edge_boxes_validate_and_train
 def test_a_models_view_of_a_split_has_its_own_class_ids_and_only_the_kept_classes(tmp_path: Path) -> None:
     from pipelines.steps import classviews
 
+    root = tmp_path / "images" / "ds"  # a folder named images above the dataset: its labels are still found
+
     for kind, name, body in (
         ("images", "a.jpg", b"jpeg"),
         ("labels", "a.txt", b"0 .5 .5 .1 .1\n2 .4 .4 .2 .2\n1 .3 .3 .1 .1\n"),
     ):
-        (tmp_path / "ds" / kind / "test").mkdir(parents=True)
-        (tmp_path / "ds" / kind / "test" / name).write_bytes(body)
-    (tmp_path / "ds" / "images" / "test" / "b.jpg").write_bytes(b"background")  # no label: stays one
-    data = {"path": str(tmp_path / "ds"), "train": "images/test", "val": "images/test", "test": "images/test"}
-    data_yaml = tmp_path / "ds" / "data.yaml"
+        (root / kind / "test").mkdir(parents=True)
+        (root / kind / "test" / name).write_bytes(body)
+    (root / "images" / "test" / "b.jpg").write_bytes(b"background")  # no label: stays one
+    data = {"path": str(root), "train": "images/test", "val": "images/test", "test": "images/test"}
+    data_yaml = root / "data.yaml"
     data_yaml.write_text(yaml.safe_dump(data | {"names": {0: "cat", 1: "dog", 2: "bird"}}))
     assert classviews.decision_split(data) == "test" and classviews.decision_split({"val": "v"}) == "val"
     same, images = classviews.view(
