@@ -113,8 +113,13 @@ def main(
 
 
 @main.command()
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Watch and decide, but start nothing: each launch is journaled and logged as 'would launch'.",
+)
 @click.pass_context
-def up(ctx: click.Context) -> None:
+def up(ctx: click.Context, dry_run: bool) -> None:
     """Run the daemon: sources, rule engine, launcher, run watcher. Stops cleanly on SIGTERM/SIGINT."""
     import signal
 
@@ -134,7 +139,7 @@ def up(ctx: click.Context) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        daemon = reactor.Reactor(_settings(ctx))
+        daemon = reactor.Reactor(_settings(ctx), dry_run=dry_run)
     except errors.RetrainError as exc:
         click.echo(f"retrain up: {exc}", err=True)
         sys.exit(EXIT_CONFIG if isinstance(exc, errors.ConfigError) else 1)
@@ -389,6 +394,34 @@ def runs_command(ctx: click.Context, run_key: str | None, state_: str | None, li
         click.echo(f"{head}{figure} {decision}".rstrip())
     if not listed:
         click.echo("no runs" + (f" in state {state_}" if state_ else ""))
+
+
+@main.command()
+@click.argument("run_key")
+@click.option("--reason", default="cancelled by hand", show_default=True, help="Why, kept with the run's end.")
+@click.pass_context
+def cancel(ctx: click.Context, run_key: str, reason: str) -> None:
+    """Stop an active run: its local process group, or its KFP run. The daemon records its end (failed)."""
+    import getpass
+
+    from daemon import operating
+    from daemon.runtime import wiring
+
+    config = _settings(ctx)
+    if not config.journal.path.exists():
+        click.echo(f"retrain cancel: no run {run_key!r}: no journal at {config.journal.path} yet", err=True)
+        sys.exit(1)
+    journal = sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
+    launcher = wiring.make_launcher(config, os.environ)
+    try:
+        status = operating.cancel_run(journal, launcher, run_key, reason=reason, actor=getpass.getuser())
+    except errors.RetrainError as exc:
+        click.echo(f"retrain cancel: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        launcher.close()
+        journal.close()
+    click.echo(f"{run_key}: cancel asked, now {status.state.value}; the daemon records its end on its next poll")
 
 
 def _journal_or_empty(config: settings.Settings) -> base.Journal:

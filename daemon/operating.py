@@ -14,7 +14,8 @@ from datetime import datetime
 
 from daemon import errors
 from daemon.journal import base
-from daemon.model import outcomes, state
+from daemon.launchers import base as launcher_base
+from daemon.model import ids, outcomes, state
 from daemon.registry import mlflow as registry
 from daemon.rules import loading
 
@@ -104,6 +105,31 @@ def set_paused(
     """
     known_rule(loaded_rules, rule)
     return journal.set_pause(rule, state.Pause(actor=actor, reason=reason, at=at) if paused else None)
+
+
+def cancel_run(
+    journal: base.Journal, launcher: launcher_base.Launcher, run_key: str, *, reason: str, actor: str
+) -> launcher_base.RunStatus:
+    """Ask the launcher to stop an active run; the daemon records its end (failed) on its next poll.
+
+    Raises:
+        errors.NotFound: the journal has no such run.
+        errors.PermanentError: the run already ended, or another launcher started it.
+        errors.TemporaryError: the backend is unreachable now.
+    """
+    run = journal.get_run(ids.RunKey(run_key))
+    if run is None:
+        raise errors.NotFound(f"no run {run_key!r} in the journal")
+    if run.state.final:
+        raise errors.PermanentError(f"run {run_key} already ended ({run.state.value}): nothing to cancel")
+    if run.backend is not None and run.backend != launcher.name:
+        raise errors.PermanentError(
+            f"run {run_key} was started by the {run.backend} launcher; this daemon is set up with {launcher.name}"
+        )
+    status = launcher.cancel(ids.RunKey(run_key), reason=f"by {actor}: {reason}")
+    if status is None:
+        raise errors.NotFound(f"the {launcher.name} launcher has no run {run_key} (it was never submitted)")
+    return status
 
 
 @dataclass(frozen=True, kw_only=True)

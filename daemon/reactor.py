@@ -17,6 +17,7 @@ outcome; only a stop ends the loop.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -25,13 +26,26 @@ from datetime import UTC, datetime
 from daemon import __version__, errors, logs, settings
 from daemon.launchers import base as launcher_base
 from daemon.model import rules, runs
-from daemon.runtime import launching, recording, serving, specs, supervising, tracking, triggering, wiring, working
+from daemon.runtime import (
+    launching,
+    notifying,
+    recording,
+    serving,
+    specs,
+    supervising,
+    tracking,
+    triggering,
+    wiring,
+    working,
+)
 from daemon.sources import drifting, scheduling
 
 log = logs.get_logger(__name__)
 
 #: The shortest time between two loop passes, in seconds, when events wake the loop early.
 MIN_PASS_GAP_S = 0.05
+#: Seconds between two passes of the notifier (deliveries due, sources down, refused rule files).
+NOTIFY_INTERVAL_S = 2.0
 
 
 def utcnow() -> datetime:
@@ -47,6 +61,7 @@ class Reactor:
         tick_s: seconds between two passes of the loop.
         environ: the environment local pipeline children inherit (default: this process's).
         launcher: runs runs instead of the configured launcher (benchmarks).
+        dry_run: sources and decisions run; launches are journaled and logged as "would launch", none starts.
     """
 
     def __init__(
@@ -57,6 +72,7 @@ class Reactor:
         tick_s: float = 1.0,
         environ: Mapping[str, str] | None = None,
         launcher: launcher_base.Launcher | None = None,
+        dry_run: bool = False,
     ) -> None:
         self.config = config
         self.tick_s = tick_s
@@ -87,6 +103,14 @@ class Reactor:
         )
         drift = drifting.DriftChecker(journal=parts.journal, board=parts.board, clock=clock, metrics=parts.mlflow)
         schedules = scheduling.ScheduleSource(journal=parts.journal, board=parts.board, clock=clock)
+        self.notifier = notifying.Notifier(
+            config=config.notify,
+            journal=parts.journal,
+            board=parts.board,
+            rulebook=parts.rulebook,
+            clock=clock,
+            environ=os.environ if environ is None else environ,
+        )
         self.workers = {
             name: working.Worker(
                 name=name, work=work, interval_s=interval, on_crash=lambda _: parts.metrics.loop_errors.inc()
@@ -97,6 +121,7 @@ class Reactor:
                 ("drift", lambda: drift.run_due(self.rule_map()), 5.0),
                 ("sources", self.supervisor.work, config.sources.unwatched_retry_s),
                 ("reconcile", self.supervisor.reconcile, config.sources.reconcile_interval_s),
+                ("notify", self.notifier.work, NOTIFY_INTERVAL_S),
             )
         }
         self.triggering = triggering.Triggering(
@@ -105,6 +130,7 @@ class Reactor:
             metrics=parts.metrics,
             clock=clock,
             on_intent=self.workers["launching"].wake,
+            dry_run=dry_run,
         )
         self.http = serving.HttpServer(
             config=config.http,
@@ -148,7 +174,7 @@ class Reactor:
         for worker in self.workers.values():
             worker.start()
         self.started.set()
-        log.info("daemon_started", rules=sorted(self.rulebook.rules))
+        log.info("daemon_started", rules=sorted(self.rulebook.rules), dry_run=self.triggering.dry_run)
 
     def run(self) -> None:
         """Serve until :meth:`stop`."""

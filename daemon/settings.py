@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -240,6 +240,39 @@ class RulesSettings(_Group):
     """Folder of ``*.yaml`` rule files, watched and hot-reloaded (a mounted ConfigMap in a pod)."""
 
 
+#: An environment variable's name, as notification targets are given.
+_VARIABLE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+NoticeEvent = Literal["promoted", "rejected", "refused", "failed", "abandoned", "source_down", "rule_rejected"]
+
+
+class NotifySettings(_Group):
+    """Who is told of promotions, rejections, failed or abandoned runs, sources that stay down and refused
+    rule files (delivered with Apprise from the journal's outbox, with retries)."""
+
+    targets: list[Annotated[str, Field(pattern=_VARIABLE)]] = []
+    """Names of environment variables, each holding one Apprise URL (``slack://...``, ``msteams://...``,
+    ``mailtos://...``, ``json://host/path`` for a generic webhook): the URLs, and the tokens in them, never sit
+    in a settings or rule file. Rules add their own with ``notify:``."""
+    events: list[NoticeEvent] = [
+        "promoted",
+        "rejected",
+        "refused",
+        "failed",
+        "abandoned",
+        "source_down",
+        "rule_rejected",
+    ]
+    """What is told."""
+    source_down_after_s: float = Field(default=600.0, gt=0)
+    """A source disconnected this long (seconds) is told, once per disconnection."""
+    retry_initial_s: float = Field(default=10.0, gt=0)
+    """Seconds before the second attempt at a target that failed; doubled each attempt."""
+    retry_max_s: float = Field(default=3600.0, gt=0)
+    """The longest wait between two attempts, in seconds."""
+    max_attempts: int = Field(default=10, ge=1)
+    """Attempts per notice before it is given up (logged, and kept in the journal with its last error)."""
+
+
 class Settings(BaseSettings):
     """Everything the daemon can be configured with."""
 
@@ -254,6 +287,7 @@ class Settings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     rules: RulesSettings = RulesSettings()
+    notify: NotifySettings = NotifySettings()
 
     @model_validator(mode="after")
     def _check_cluster_path(self) -> Settings:

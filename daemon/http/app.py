@@ -31,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from daemon import __version__, errors, explaining, logs, operating, redaction
 from daemon.http import metrics
 from daemon.journal import base as journal_base
+from daemon.launchers import base as launcher_base
 from daemon.model import ids, runs
 from daemon.registry import mlflow as registry
 from daemon.rules import reloading
@@ -69,21 +70,25 @@ class Context:
     liveness_timeout_s: float
     s3_configured: bool = True
     """An S3 endpoint is set: rules reading a bucket can be triggered."""
+    launcher: launcher_base.Launcher | None = None
+    """Cancels runs (``POST /api/v1/runs/{run_key}/cancel``); None: cancelling is off."""
 
 
-class TriggerRequest(pydantic.BaseModel):
+class _ActionRequest(pydantic.BaseModel):
+    """The body of a mutating call: who asks (recorded as ``api:<actor>``); subclasses add why."""
+
     model_config = pydantic.ConfigDict(extra="forbid")
 
-    reason: str = pydantic.Field(default="manual trigger (API)", min_length=1, max_length=500)
     actor: str = pydantic.Field(default="api", min_length=1, max_length=100)
 
 
-class RollbackRequest(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
+class TriggerRequest(_ActionRequest):
+    reason: str = pydantic.Field(default="manual trigger (API)", min_length=1, max_length=500)
 
+
+class RollbackRequest(_ActionRequest):
     to: str | None = pydantic.Field(default=None, pattern=r"^[0-9]+$", description="version; default: the previous")
     reason: str = pydantic.Field(default="manual rollback (API)", min_length=1, max_length=500)
-    actor: str = pydantic.Field(default="api", min_length=1, max_length=100)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:
@@ -264,10 +269,8 @@ def trigger(ctx: Ctx, rule: str, request: TriggerRequest | None = None) -> dict[
     return {"rule": rule, "request": request_id, "note": "the daemon answers it on its next pass"}
 
 
-class PauseRequest(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
+class PauseRequest(_ActionRequest):
     reason: str = pydantic.Field(default="paused through the API", min_length=1, max_length=500)
-    actor: str = pydantic.Field(default="anonymous", min_length=1, max_length=100)
 
 
 def _set_paused(ctx: Context, rule: str, body: PauseRequest, *, paused: bool) -> dict[str, Any]:
@@ -299,6 +302,28 @@ def pause(ctx: Ctx, rule: str, request: PauseRequest | None = None) -> dict[str,
 def resume(ctx: Ctx, rule: str, request: PauseRequest | None = None) -> dict[str, Any]:
     """Resume a paused rule like ``retrain resume``."""
     return _set_paused(ctx, rule, request or PauseRequest(reason="resumed through the API"), paused=False)
+
+
+class CancelRequest(_ActionRequest):
+    reason: str = pydantic.Field(default="cancelled through the API", min_length=1, max_length=500)
+
+
+@api.post("/runs/{run_key}/cancel", status_code=202, dependencies=[Depends(require_token)])
+def cancel(ctx: Ctx, run_key: str, request: CancelRequest | None = None) -> dict[str, Any]:
+    """Stop an active run like ``retrain cancel``; its end is recorded on the next poll."""
+    body = request or CancelRequest()
+    if ctx.launcher is None:
+        raise HTTPException(409, "this daemon has no launcher to cancel with")
+    try:
+        status = operating.cancel_run(ctx.journal, ctx.launcher, run_key, reason=body.reason, actor=f"api:{body.actor}")
+    except errors.NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except errors.TemporaryError as exc:
+        raise HTTPException(503, str(exc)) from exc
+    except errors.RetrainError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    log.info("run_cancel_requested", run_key=run_key, actor=body.actor, reason=body.reason)
+    return {"run_key": run_key, "state": status.state.value, "note": "its end is recorded on the next poll"}
 
 
 @api.post("/models/{model}/rollback", dependencies=[Depends(require_token)])

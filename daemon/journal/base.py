@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from daemon.model import decisions, events, ids, outcomes, rules, runs, state
+from daemon.model import decisions, events, ids, notices, outcomes, rules, runs, state
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +41,19 @@ class InventoryItem:
     first_seen: datetime
     changed_at: datetime
     deleted: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class PendingNotice:
+    """A notice in the outbox and how its delivery stands."""
+
+    notice: notices.Notice
+    attempts: int = 0
+    delivered_to: tuple[str, ...] = ()
+    """The targets (by name) that have it."""
+    done: bool = False
+    """Delivered to every target, or given up after the last attempt (``last_error`` says which)."""
+    last_error: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,6 +234,31 @@ class Journal(abc.ABC):
     @abc.abstractmethod
     def pause_of(self, rule: str) -> state.Pause | None:
         """How ``rule`` was paused, or None while it is not."""
+
+    # --- notices ----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def record_notice(self, notice: notices.Notice) -> bool:
+        """Add a notice to the outbox; False when one of that id is there (a fact is told once)."""
+
+    @abc.abstractmethod
+    def due_notices(self, now: datetime, *, limit: int = 50) -> list[PendingNotice]:
+        """Notices not yet delivered to every target whose next attempt is due, oldest first."""
+
+    @abc.abstractmethod
+    def notices(self, *, limit: int = 50) -> list[PendingNotice]:
+        """Recent notices, newest first, delivered or not."""
+
+    @abc.abstractmethod
+    def notice_attempted(
+        self,
+        notice_id: str,
+        *,
+        delivered_to: tuple[str, ...],
+        error: str | None,
+        retry_at: datetime | None,
+        at: datetime,
+    ) -> None:
+        """Record a delivery attempt: the targets that have it, and the next attempt (None: done)."""
 
     # --- rule identity ----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -11,6 +11,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemon import errors
 from daemon.model import ids, runs
 
 
@@ -40,6 +41,17 @@ class Launcher(abc.ABC):
     @abc.abstractmethod
     def find(self, run_key: ids.RunKey) -> RunStatus | None:
         """The run started under this key, or None if none was."""
+
+    def cancel(self, run_key: ids.RunKey, *, reason: str) -> RunStatus | None:
+        """Stop the run started under this key (``retrain cancel``); returns its status after the request,
+        or None if no run was started under it. A run that already ended is left as it is. Its end is then
+        recorded like any other (failed, with ``reason`` where the backend keeps one).
+
+        Raises:
+            errors.PermanentError: this launcher cannot cancel runs.
+            errors.TemporaryError: the backend is unreachable now.
+        """
+        raise errors.PermanentError(f"the {self.name} launcher cannot cancel runs")
 
     def close(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Release what the launcher holds; runs in progress are left alone."""

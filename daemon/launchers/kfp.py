@@ -152,6 +152,20 @@ class KfpLauncher(base.Launcher):
             raise self._fail(exc, f"looking up run {run_key}") from exc
         return self._status(run_key, found[0]) if found else None
 
+    def cancel(self, run_key: ids.RunKey, *, reason: str) -> base.RunStatus | None:
+        """Terminate the KFP run of this key (KFP moves it to CANCELING, then CANCELED: recorded as failed)."""
+        status = self.find(run_key)
+        if status is None or status.state.final:
+            return status
+        try:
+            self.client().terminate_run(status.backend_run_id)
+        except errors.RetrainError:
+            raise
+        except Exception as exc:
+            raise self._fail(exc, f"terminating run {run_key}") from exc
+        log.info("run_cancelled", run_key=run_key, kfp_run_id=status.backend_run_id, reason=reason)
+        return self.find(run_key)
+
     def submit(self, run_key: ids.RunKey, spec: dict[str, Any]) -> base.RunStatus:
         existing = self.find(run_key)
         if existing is not None:

@@ -18,6 +18,8 @@ Capacity is limited (``kfp.local_max_concurrent_runs``, one by default on a lapt
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -32,6 +34,9 @@ from daemon.launchers import base
 from daemon.model import ids, runs
 
 log = logs.get_logger(__name__)
+
+#: Seconds a cancelled run's processes get to end after SIGTERM before SIGKILL.
+CANCEL_GRACE_S = 10.0
 
 #: Children this process started, by pid, so that finished ones are reaped (no zombies) whichever launcher
 #: instance asks, and running ones are not garbage-collected while they run.
@@ -142,6 +147,38 @@ class LocalLauncher(base.Launcher):
         log.info("run_started", run_key=run_key, pid=child.pid, folder=str(folder))
         return base.RunStatus(run_key=run_key, state=runs.RunState.RUNNING, backend_run_id=f"pid:{child.pid}")
 
+    @staticmethod
+    def _alive(pid_info: dict[str, Any]) -> bool:
+        """The recorded child still runs (same pid and start time: a recycled pid is not it)."""
+        pid, started = pid_info.get("pid"), pid_info.get("start_time")
+        return pid is not None and started is not None and _start_time(pid) == started
+
+    def cancel(self, run_key: ids.RunKey, *, reason: str) -> base.RunStatus | None:
+        """Record why (``cancel.json``), then SIGTERM the run's process group, SIGKILL after 10 s."""
+        status = self.find(run_key)
+        if status is None or status.state.final:
+            return status
+        folder = self.folder(run_key)
+        atomicfile.write_json(folder / "cancel.json", {"reason": reason})
+        pid_info = atomicfile.read_json(folder / "pid.json")
+        pid_info = pid_info if isinstance(pid_info, dict) else {}
+        if self._alive(pid_info):
+            pid = int(pid_info["pid"])
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + CANCEL_GRACE_S
+            while self._alive(pid_info) and time.monotonic() < deadline:
+                _reap()
+                time.sleep(0.1)
+            if self._alive(pid_info):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                while self._alive(pid_info):
+                    _reap()
+                    time.sleep(0.05)
+        log.info("run_cancelled", run_key=run_key, reason=reason)
+        return self.find(run_key)
+
     def find(self, run_key: ids.RunKey) -> base.RunStatus | None:
         folder = self.folder(run_key)
         if not (folder / "spec.json").exists():
@@ -152,6 +189,14 @@ class LocalLauncher(base.Launcher):
             pid_info = {}  # missing, or torn by a daemon of an older version: the child was never recorded
         backend_id = f"pid:{pid_info.get('pid', '?')}"
         outcome = atomicfile.read_json(folder / "outcome.json")
+        cancelled = atomicfile.read_json(folder / "cancel.json")
+        if isinstance(cancelled, dict) and not isinstance(outcome, dict) and not self._alive(pid_info):
+            return base.RunStatus(
+                run_key=run_key,
+                state=runs.RunState.FAILED,
+                backend_run_id=backend_id,
+                error=f"cancelled: {cancelled.get('reason', 'no reason given')}",
+            )
         if isinstance(outcome, dict):
             state = runs.RunState.SUCCEEDED if outcome.get("state") == "succeeded" else runs.RunState.FAILED
             return base.RunStatus(
@@ -162,7 +207,7 @@ class LocalLauncher(base.Launcher):
                 error=outcome.get("error"),
             )
         pid = pid_info.get("pid")
-        if pid is not None and pid_info.get("start_time") is not None and _start_time(pid) == pid_info["start_time"]:
+        if self._alive(pid_info):
             return base.RunStatus(run_key=run_key, state=runs.RunState.RUNNING, backend_run_id=backend_id)
         if pid is None:
             # Spec written but the child never recorded: a crash between the two. Treat as abandoned.

@@ -47,6 +47,8 @@ class SkipCode(enum.StrEnum):
     NOT_DUE = "not_due"
     DRIFT_BELOW_THRESHOLD = "drift_below_threshold"
     SLOT_SKIPPED = "slot_skipped"
+    DRY_RUN = "dry_run"
+    """``retrain up --dry-run``: the rule would launch; nothing was started and nothing consumed."""
 
 
 @dataclass(frozen=True, kw_only=True)

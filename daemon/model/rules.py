@@ -336,6 +336,9 @@ class Rule(_Spec):
     training: TrainingSpec = TrainingSpec()
     promotion: PromotionSpec = PromotionSpec()
     limits: LimitsSpec = LimitsSpec()
+    notify: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = []
+    """Names of environment variables holding Apprise URLs told of this rule's runs (besides
+    ``notify.targets`` of the settings)."""
 
     @field_validator("name", "renamed_from")
     @classmethod

@@ -43,6 +43,7 @@ def context(
         since_last_pass=parts.liveness.since_last_pass,
         liveness_timeout_s=config.http.liveness_timeout_s,
         s3_configured=config.sources.s3.endpoint is not None,
+        launcher=parts.launcher,
     )
 
 

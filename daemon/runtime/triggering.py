@@ -59,6 +59,8 @@ class Triggering:
         metrics: decisions and launch latency are counted.
         clock: the current time.
         on_intent: called after a launch's intent is committed (wakes the launching worker).
+        dry_run: launches are journaled as ``dry_run`` skips ("would launch ...") and logged; no intent is
+            written, so no data is consumed and nothing starts.
     """
 
     def __init__(
@@ -69,7 +71,9 @@ class Triggering:
         metrics: metrics_.Metrics,
         clock: Callable[[], datetime],
         on_intent: Callable[[], None],
+        dry_run: bool = False,
     ) -> None:
+        self.dry_run = dry_run
         self.journal = journal
         self.schedules = schedules
         self.metrics = metrics
@@ -109,6 +113,8 @@ class Triggering:
                 self.metrics.decisions.labels(rule.name, "skip", decision.code.value).inc()
                 log.info("rule_waiting", code=decision.code.value, reason=decision.reason)
             return decision
+        if self.dry_run:
+            return self._would_launch(rule, decision, now)
         if not self.journal.record_intent(decision, at=now):
             return decision
         self._said.pop(rule.name, None)
@@ -120,3 +126,19 @@ class Triggering:
             self.metrics.launch_latency.labels(decision.trigger.value).observe(max(0.0, latency))
         self.on_intent()
         return decision
+
+    def _would_launch(self, rule: rules.Rule, launch: decisions.Launch, now: datetime) -> decisions.Skip:
+        """The dry run's answer to a launch: journaled as a decision (answering no tick nor request), said once."""
+        would = decisions.Skip(
+            rule=rule.name,
+            code=decisions.SkipCode.DRY_RUN,
+            reason=f"dry run: would launch {launch.run_key} ({launch.trigger.value}): {launch.reason}",
+            numbers=launch.numbers,
+        )
+        self.journal.record_skip(would, at=now)
+        said = f"{decisions.SkipCode.DRY_RUN.value}:{launch.run_key}"
+        if self._said.get(rule.name) != said:
+            self._said[rule.name] = said
+            self.metrics.decisions.labels(rule.name, "skip", decisions.SkipCode.DRY_RUN.value).inc()
+            log.info("would_launch", run_key=launch.run_key, trigger=launch.trigger.value, reason=launch.reason)
+        return would

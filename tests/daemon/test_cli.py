@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -14,11 +15,12 @@ import httpx
 import daemon
 from daemon.journal import sqlite
 from daemon.model import decisions, ids, runs
+from daemon.rules import loading
 from tests.support.paths import RETRAIN
 from tests.support.processes import Daemon
 from tests.support.processes import run_cli as run
 from tests.support.services import free_port
-from tests.support.waiting import wait_until
+from tests.support.waiting import stays, wait_until
 
 
 def test_version_comes_from_the_installed_package() -> None:
@@ -31,7 +33,19 @@ def test_help_lists_every_command_of_the_product() -> None:
     result = run("--help")
     assert result.returncode == 0
     commands = result.stdout.split("Commands:")[1]
-    for name in ("up", "rules", "explain", "status", "trigger", "rollback", "pipeline"):
+    for name in (
+        "up",
+        "rules",
+        "explain",
+        "status",
+        "trigger",
+        "rollback",
+        "pipeline",
+        "pause",
+        "resume",
+        "runs",
+        "cancel",
+    ):
         assert f"\n  {name} " in commands
     assert "check" in run("rules", "--help").stdout
     assert "compile" in run("pipeline", "--help").stdout
@@ -282,3 +296,66 @@ def test_runs_lists_the_journal_and_shows_one_run(tmp_path: Path) -> None:
     assert json.loads(run("runs", "dogs-r1", "--json", env=env).stdout)["rule"] == "dogs"
     missing = run("runs", "nope", env=env)
     assert missing.returncode == 1 and "no run 'nope' in" in missing.stderr
+
+
+def test_up_dry_run_decides_but_starts_and_consumes_nothing(tmp_path: Path, coco_mini: Path) -> None:
+    data = tmp_path / "data"
+    for kind in ("images", "labels"):
+        (data / kind / "train").mkdir(parents=True)
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "shelves.yaml").write_text(
+        f"name: shelves\ndataset: {{source: 'file://{data}'}}\n"
+        "model: {registered_name: shelves-detector, base: yolov8n.yaml}\n"
+        "triggers: [{new_labels: {min_new_labels: 3, quiet_period: 1s}}]\nlimits: {cooldown: 0s}\n"
+    )
+    daemon = Daemon(tmp_path)
+    daemon.start("--dry-run")
+    try:
+        daemon.wait_started()
+        for image in sorted((coco_mini / "images" / "train").iterdir())[:3]:
+            shutil.copy(image, data / "images" / "train" / image.name)
+            shutil.copy(coco_mini / "labels" / "train" / f"{image.stem}.txt", data / "labels" / "train")
+        wait_until(lambda: bool(daemon.logged("would_launch")), 60, "a would-be launch", explain=daemon.explain)
+        stays(lambda: len(daemon.logged("would_launch")) == 1, 3, "said once, not on every pass")
+    finally:
+        assert daemon.terminate() == 0
+    [started] = daemon.logged("daemon_started")
+    assert started["dry_run"] is True
+    journal = daemon.journal()
+    try:
+        assert journal.runs(limit=10) == []  # nothing intended, submitted or started
+        [latest] = journal.decisions("shelves", limit=1)
+        assert latest.code == "dry_run" and latest.reason.startswith("dry run: would launch shelves-d")
+        rule = loading.load_paths([tmp_path / "rules"]).rules["shelves"].rule
+        assert journal.rule_state(rule, now=datetime.now(UTC)).pending.labels == 3  # still pending: not consumed
+    finally:
+        journal.close()
+
+
+def test_cancel_stops_an_active_local_run_and_refuses_what_cannot_be_cancelled(tmp_path: Path) -> None:
+    from daemon.launchers import local
+
+    root = tmp_path / "runs"
+    launcher = local.LocalLauncher(root=root, command=(sys.executable, "-c", "import time; time.sleep(60)"))
+    key = ids.RunKey("dogs-d1")
+    started = launcher.submit(key, {})
+    journal = sqlite.SqliteJournal(tmp_path / "journal.db")
+    try:
+        launch = decisions.Launch(
+            rule="dogs", run_key=key, trigger=decisions.TriggerKind.MANUAL, reason="by hand", snapshot=None
+        )
+        journal.record_intent(launch, at=datetime.now(UTC))
+        journal.update_run(
+            key, runs.RunState.RUNNING, at=datetime.now(UTC), backend="local", backend_run_id=started.backend_run_id
+        )
+    finally:
+        journal.close()
+    env = {"RETRAIN_JOURNAL__PATH": str(tmp_path / "journal.db"), "RETRAIN_KFP__LOCAL_PIPELINE_ROOT": str(root)}
+    done = run("cancel", "dogs-d1", "--reason", "wrong data", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "dogs-d1: cancel asked, now failed" in done.stdout
+    found = launcher.find(key)
+    assert found is not None and found.state is runs.RunState.FAILED
+    assert found.error is not None and found.error.startswith("cancelled: by ") and found.error.endswith(": wrong data")
+    unknown = run("cancel", "nope", env=env)
+    assert unknown.returncode == 1 and "no run 'nope' in the journal" in unknown.stderr

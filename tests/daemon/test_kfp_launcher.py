@@ -132,6 +132,21 @@ def test_states_are_mapped(
         assert kfp_state in (found.error or "")
 
 
+def test_cancel_terminates_the_kfp_run_through_the_api(
+    standin: KfpStandIn, tmp_path: Path, spec: dict[str, Any]
+) -> None:
+    launcher = kfp_launcher.KfpLauncher(host=standin.url, namespace="kubeflow", package_for=compiler(tmp_path))
+    key = ids.RunKey(spec["arguments"]["run_key"])
+    submitted = launcher.submit(key, spec)
+    standin.set_state(submitted.backend_run_id, "RUNNING")
+    cancelled = launcher.cancel(key, reason="by ops: wrong data")
+    assert ("POST", f"/apis/v2beta1/runs/{submitted.backend_run_id}:terminate") in standin.requests
+    assert cancelled is not None and cancelled.state is runs.RunState.FAILED  # CANCELED, as the tracker reads it
+    assert "CANCELED" in (cancelled.error or "")
+    assert launcher.cancel(key, reason="again") == cancelled
+    assert launcher.cancel(ids.RunKey("nope"), reason="x") is None
+
+
 def test_a_hung_api_is_temporary_within_the_request_timeout(tmp_path: Path) -> None:
     """A KFP API that accepts connections and never answers: the call gives up after its deadline."""
     with silent.silent_server() as port:

@@ -9,11 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from daemon import errors
 from daemon.launchers import local
 from daemon.model import ids, runs
+from tests.support.waiting import wait_until
 
 SLEEPER = (sys.executable, "-c", "import sys, time; time.sleep(float(open(sys.argv[1]).read() and 30))")
 
@@ -84,3 +86,45 @@ def test_a_real_pipeline_child_reports_its_failure(tmp_path: Path) -> None:
     outcome = json.loads((tmp_path / key / "outcome.json").read_text())
     assert outcome["state"] == "failed"
     assert "missing.json" in (tmp_path / key / "log.txt").read_text()
+
+
+def test_cancel_stops_the_whole_process_group_and_the_run_ends_failed_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A child that ignores SIGTERM and starts a grandchild: SIGKILL after the grace, and the group goes.
+    stubborn = (
+        sys.executable,
+        "-c",
+        "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)",
+    )
+    launcher = local.LocalLauncher(root=tmp_path, command=stubborn)
+    key = ids.RunKey("pets-d9")
+    started = launcher.submit(key, {})
+    pid = int(started.backend_run_id.removeprefix("pid:"))
+    time.sleep(0.5)  # the grandchild is up
+    members = [p.pid for p in psutil.process_iter() if _group_of(p.pid) == pid]
+    assert len(members) >= 2
+    monkeypatch.setattr(local, "CANCEL_GRACE_S", 1.0)
+    done = launcher.cancel(key, reason="by ops: wrong data")
+    assert done is not None and done.state is runs.RunState.FAILED
+    assert done.error == "cancelled: by ops: wrong data"
+    wait_until(lambda: not [p for p in members if _running(p) and _group_of(p) == pid], 10, "the group to end")
+    assert local.LocalLauncher(root=tmp_path).find(key) == done  # as a restarted daemon reads it
+    assert launcher.cancel(key, reason="again") == done  # an ended run is left as it is
+    assert launcher.cancel(ids.RunKey("nope"), reason="x") is None
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None

@@ -312,7 +312,13 @@ def rules_of(tmp_path: Path) -> rules.Rule:
 
 def test_mutating_endpoints_are_off_without_a_token(tmp_path: Path, journal: journal_sqlite.SqliteJournal) -> None:
     app = apps.app_for(journal, rules_path=rules_folder(tmp_path))
-    for path in ("/api/v1/rules/shelves/trigger", "/api/v1/models/shelves-detector/rollback"):
+    for path in (
+        "/api/v1/rules/shelves/trigger",
+        "/api/v1/rules/shelves/pause",
+        "/api/v1/rules/shelves/resume",
+        "/api/v1/runs/shelves-d1/cancel",
+        "/api/v1/models/shelves-detector/rollback",
+    ):
         refused = apps.request(app, "POST", path, headers={"Authorization": "Bearer anything"})
         assert refused.status_code == 403
         assert "http.api_token" in refused.json()["detail"]

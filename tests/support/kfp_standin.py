@@ -246,7 +246,7 @@ class _Handler(BaseHTTPRequestHandler):
         srv.requests.append(("POST", url.path))
         srv.authorization.append(self.headers.get("Authorization"))
         body = self._body()
-        if m := re.fullmatch(r"/apis/v2beta1/runs/([^/:]+):cancel", url.path):
+        if m := re.fullmatch(r"/apis/v2beta1/runs/([^/:]+):(?:cancel|terminate)", url.path):
             if m[1] not in srv.runs:
                 return self._reply({"error": "not found"}, 404)
             srv.cancel(m[1])

@@ -39,10 +39,13 @@ class Daemon:
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self) -> None:
+    def start(self, *options: str) -> None:
+        """``retrain up OPTIONS...`` (a new life: its own log file)."""
         self.starts += 1
         with (self.tmp / f"daemon-{self.starts}.log").open("wb") as log:
-            self.process = subprocess.Popen([RETRAIN, "up"], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [RETRAIN, "up", *options], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
 
     def kill(self) -> None:
         assert self.process is not None

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon.journal import base
-from daemon.journal.sqlite import database, inventory, ruling, running
+from daemon.journal.sqlite import database, inventory, noticing, ruling, running
 
 
-class SqliteJournal(inventory.InventoryStore, ruling.RuleStore, running.RunStore, base.Journal):
+class SqliteJournal(inventory.InventoryStore, ruling.RuleStore, running.RunStore, noticing.NoticeStore, base.Journal):
     """The journal in one SQLite file.
 
     Args:

@@ -95,7 +95,7 @@ class Database:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
             self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
+            self._enter_wal(busy_timeout_s)
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
         except OSError as exc:
@@ -106,6 +106,20 @@ class Database:
                 error = errors.PermanentError(f"cannot open the journal {self.path}: {exc}")
             raise error from exc
         self._migrate()
+
+    def _enter_wal(self, timeout_s: float) -> None:
+        """Switch to WAL mode. A new file opened by several processes at once answers "database is locked" to
+        some of them without waiting (SQLite refuses to wait where waiting could deadlock), so retry until the
+        busy timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
 
     def _migrate(self) -> None:
         files = migrations()

@@ -10,8 +10,8 @@ from typing import Any
 
 from daemon import errors
 from daemon.journal import base
-from daemon.journal.sqlite import database, times
-from daemon.model import ids, outcomes, runs
+from daemon.journal.sqlite import database, noticing, times
+from daemon.model import ids, notices, outcomes, runs
 
 _RUN = (
     "SELECT run_key, rule, state, trigger, reason, snapshot, params, backend, backend_run_id, created_at, "
@@ -113,8 +113,11 @@ class RunStore:
             )
             if record is not None:
                 _insert_promotion(db, record)
-            updated = db.execute(f"{_RUN} WHERE run_key = ?", (run_key,)).fetchone()
-        return _run(updated)
+            updated = _run(db.execute(f"{_RUN} WHERE run_key = ?", (run_key,)).fetchone())
+            notice = notices.for_run(updated) if not current.state.final else None
+            if notice is not None:  # told once, with the outcome it tells
+                noticing.insert_notice(db, notice)
+        return updated
 
     def get_run(self, run_key: ids.RunKey) -> runs.RunRecord | None:
         with self.database.reading() as db:
