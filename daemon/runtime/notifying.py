@@ -39,10 +39,11 @@ _FAILURES = (notices.NoticeKind.FAILED, notices.NoticeKind.ABANDONED, notices.No
 
 
 def apprise_send(url: str, *, title: str, body: str, kind: notices.NoticeKind) -> None:
-    """Send with Apprise (imported on first use; its own log lines, which may show URLs, stay below warning)."""
+    """Send with Apprise (imported on first use). Apprise's own log lines may show URLs, and with them tokens:
+    they are silenced; the notifier records each failure itself, naming the target's variable."""
     import apprise
 
-    logging.getLogger("apprise").setLevel(logging.ERROR)
+    logging.getLogger("apprise").setLevel(logging.CRITICAL + 1)
     box = apprise.Apprise()
     if not box.add(url):
         raise DeliveryFailed("not a URL the installed Apprise can send to")

@@ -16,9 +16,8 @@ import click
 import yaml
 
 from daemon import __version__, errors, explaining, logs, settings, settings_sources
+from daemon.cli import common, operations
 from daemon.journal import base, sqlite
-from daemon.model import ids
-from daemon.model import runs as runs_model
 from daemon.rules import loading
 
 #: Exit status when the settings are invalid.
@@ -52,13 +51,6 @@ class RetrainGroup(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, hoist_global_options(args))
-
-
-def _settings(ctx: click.Context) -> settings.Settings:
-    """The settings built once by the group callback."""
-    value = ctx.find_object(settings.Settings)
-    assert value is not None, "the retrain group callback builds the settings first"
-    return value
 
 
 @click.group(cls=RetrainGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -139,7 +131,7 @@ def up(ctx: click.Context, dry_run: bool) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        daemon = reactor.Reactor(_settings(ctx), dry_run=dry_run)
+        daemon = reactor.Reactor(common.settings_of(ctx), dry_run=dry_run)
     except errors.RetrainError as exc:
         click.echo(f"retrain up: {exc}", err=True)
         sys.exit(EXIT_CONFIG if isinstance(exc, errors.ConfigError) else 1)
@@ -165,7 +157,7 @@ def rules_check(ctx: click.Context, paths: tuple[Path, ...]) -> None:
 
     Every error is printed as FILE:LINE: rule 'NAME': field 'FIELD': MESSAGE.
     """
-    targets = list(paths) or [_settings(ctx).rules.path]
+    targets = list(paths) or [common.settings_of(ctx).rules.path]
     result = loading.load_paths(targets)
     if not result.errors and not loading.rule_files([t for t in targets if t.exists()]):
         click.echo(f"no rule files (*.yaml, *.yml) in {', '.join(str(t) for t in targets)}", err=True)
@@ -185,7 +177,7 @@ def rules_check(ctx: click.Context, paths: tuple[Path, ...]) -> None:
 @click.pass_context
 def explain(ctx: click.Context, rule: str, history: int) -> None:
     """Explain what RULE sees now, why it would or would not fire, and its recent decisions."""
-    config = _settings(ctx)
+    config = common.settings_of(ctx)
     loaded = loading.load_paths([config.rules.path])
     found = loaded.rules.get(rule)
     if found is None:
@@ -216,11 +208,11 @@ def explain(ctx: click.Context, rule: str, history: int) -> None:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Show rules with pending data, active runs, recent decisions and the champion of each model."""
-    config = _settings(ctx)
+    config = common.settings_of(ctx)
     loaded = loading.load_paths([config.rules.path])
     if not config.journal.path.exists() and not as_json:  # the rules as an empty journal sees them
         click.echo(f"no journal at {config.journal.path} yet: the daemon has not run")
-    journal = _journal_or_empty(config)
+    journal = common.journal_or_empty(config)
     try:
         now = datetime.now(UTC)
         data = explaining.status_data(loaded.rules, journal, now=now)
@@ -247,7 +239,7 @@ def trigger(ctx: click.Context, rule: str, reason: str) -> None:
 
     from daemon import operating
 
-    config = _settings(ctx)
+    config = common.settings_of(ctx)
     loaded = loading.load_paths([config.rules.path])
     try:  # refused before the journal is opened (it may not exist yet)
         operating.check_trigger(loaded.rules, rule, s3_configured=config.sources.s3.endpoint is not None)
@@ -273,167 +265,13 @@ def trigger(ctx: click.Context, rule: str, reason: str) -> None:
         )
 
 
-def _pause_command(ctx: click.Context, rule: str, reason: str, *, paused: bool) -> None:
-    import getpass
-
-    from daemon import operating
-
-    config = _settings(ctx)
-    loaded = loading.load_paths([config.rules.path])
-    verb = "pause" if paused else "resume"
-    try:
-        operating.known_rule(loaded.rules, rule)
-    except operating.UnknownRule as exc:
-        click.echo(f"retrain {verb}: {exc} in {config.rules.path}", err=True)
-        sys.exit(1)
-    journal = sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
-    try:
-        changed = operating.set_paused(
-            journal, loaded.rules, rule, paused=paused, reason=reason, actor=getpass.getuser(), at=datetime.now(UTC)
-        )
-    finally:
-        journal.close()
-    if paused:
-        click.echo(
-            f"{rule} paused: it decides nothing until `retrain resume {rule}`" if changed else f"{rule} was paused"
-        )
-    else:
-        click.echo(f"{rule} resumed" if changed else f"{rule} was not paused")
-
-
-@main.command()
-@click.argument("rule")
-@click.option("--reason", default="paused by hand", show_default=True, help="Why, recorded in the journal.")
-@click.pass_context
-def pause(ctx: click.Context, rule: str, reason: str) -> None:
-    """Pause RULE: no trigger launches it (manual ones are refused) until it is resumed; survives restarts."""
-    _pause_command(ctx, rule, reason, paused=True)
-
-
-@main.command()
-@click.argument("rule")
-@click.pass_context
-def resume(ctx: click.Context, rule: str) -> None:
-    """Resume a paused RULE: what arrived meanwhile is pending as usual."""
-    _pause_command(ctx, rule, "", paused=False)
-
-
-@rules.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (the rules as GET /api/v1/rules serves them).")
-@click.pass_context
-def rules_list(ctx: click.Context, as_json: bool) -> None:
-    """List the valid rules: state, data, model, triggers and where each is written. Errors go to stderr."""
-    config = _settings(ctx)
-    loaded = loading.load_paths([config.rules.path])
-    journal = _journal_or_empty(config)
-    try:
-        found = [(name, item, journal.pause_of(name)) for name, item in sorted(loaded.rules.items())]
-    finally:
-        journal.close()
-    for error in loaded.errors:
-        click.echo(error.render(), err=True)
-    if as_json:
-        data = [
-            {
-                "name": name,
-                "file": item.file,
-                "line": item.line,
-                "paused": explaining.pause_data(paused),
-                "rule": item.rule.model_dump(mode="json"),
-            }
-            for name, item, paused in found
-        ]
-        click.echo(json.dumps({"rules": data}, indent=2))
-        return
-    for name, item, paused in found:
-        rule = item.rule
-        state = "paused" if paused else ("enabled" if rule.enabled else "disabled")
-        kinds = ", ".join(t.kind for t in rule.triggers)
-        where = f"{item.file}:{item.line}" if item.line else item.file
-        click.echo(f"{name}  {state}  {rule.dataset.source} -> {rule.model.registered_name}  [{kinds}]  ({where})")
-    if not found:
-        click.echo(f"no valid rule in {config.rules.path}")
-
-
-@main.command("runs")
-@click.argument("run_key", required=False)
-@click.option(
-    "--state", "state_", type=click.Choice([s.value for s in runs_model.RunState]), help="Only runs in this state."
-)
-@click.option("--limit", default=20, show_default=True, help="How many runs, newest first.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (as GET /api/v1/runs and /api/v1/runs/KEY).")
-@click.pass_context
-def runs_command(ctx: click.Context, run_key: str | None, state_: str | None, limit: int, as_json: bool) -> None:
-    """List runs, newest first, or show one RUN_KEY in full."""
-    config = _settings(ctx)
-    journal = _journal_or_empty(config)
-    try:
-        if run_key is not None:
-            found = journal.get_run(ids.RunKey(run_key))
-            if found is None:
-                click.echo(f"retrain runs: no run {run_key!r} in {config.journal.path}", err=True)
-                sys.exit(1)
-            data = explaining.run_data(found)
-            if as_json:
-                click.echo(json.dumps(data, indent=2))
-            else:
-                click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
-            return
-        states = None if state_ is None else frozenset({runs_model.RunState(state_)})
-        listed = [explaining.run_data(r) for r in journal.runs(states=states, limit=limit)]
-    finally:
-        journal.close()
-    if as_json:
-        click.echo(json.dumps({"runs": listed}, indent=2))
-        return
-    for run in listed:
-        score = run["metrics"].get("map50_95")
-        figure = f" map50_95={score:.4f}" if isinstance(score, int | float) else ""
-        decision = run["promotion"].get("decision", "")
-        head = f"{run['created_at']}  {run['run_key']}  {run['rule']}  {run['state']}  {run['trigger']}"
-        click.echo(f"{head}{figure} {decision}".rstrip())
-    if not listed:
-        click.echo("no runs" + (f" in state {state_}" if state_ else ""))
-
-
-@main.command()
-@click.argument("run_key")
-@click.option("--reason", default="cancelled by hand", show_default=True, help="Why, kept with the run's end.")
-@click.pass_context
-def cancel(ctx: click.Context, run_key: str, reason: str) -> None:
-    """Stop an active run: its local process group, or its KFP run. The daemon records its end (failed)."""
-    import getpass
-
-    from daemon import operating
-    from daemon.runtime import wiring
-
-    config = _settings(ctx)
-    if not config.journal.path.exists():
-        click.echo(f"retrain cancel: no run {run_key!r}: no journal at {config.journal.path} yet", err=True)
-        sys.exit(1)
-    journal = sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
-    launcher = wiring.make_launcher(config, os.environ)
-    try:
-        status = operating.cancel_run(journal, launcher, run_key, reason=reason, actor=getpass.getuser())
-    except errors.RetrainError as exc:
-        click.echo(f"retrain cancel: {exc}", err=True)
-        sys.exit(1)
-    finally:
-        launcher.close()
-        journal.close()
-    click.echo(f"{run_key}: cancel asked, now {status.state.value}; the daemon records its end on its next poll")
-
-
-def _journal_or_empty(config: settings.Settings) -> base.Journal:
-    """The journal, or an empty one in memory before the daemon's first run (the file is not created)."""
-    if config.journal.path.exists():
-        return sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
-    return sqlite.SqliteJournal(":memory:")
-
-
 def _daemon_address(config: settings.Settings) -> str | None:
-    """The daemon's address when no daemon answers its liveness probe there (None: one does)."""
+    """The daemon's address when no daemon answers its liveness probe there (None: one does, or the daemon
+    serves no HTTP, so nothing can be told)."""
     import httpx
+
+    if not config.http.enabled:
+        return None
 
     # A daemon listening on every interface is reached on the loopback one.
     host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::", "") else config.http.host  # noqa: S104
@@ -457,7 +295,7 @@ def rollback(ctx: click.Context, model: str, to_version: str | None, reason: str
     from daemon import operating
     from daemon.registry import mlflow as registry
 
-    config = _settings(ctx)
+    config = common.settings_of(ctx)
     store = registry.local_store(config.mlflow.tracking_uri)
     if store is not None and not store.exists():  # opening it would create (and migrate) an empty store
         click.echo(
@@ -504,7 +342,7 @@ def pipeline_compile(
     """Compile the training pipeline to KFP IR YAML, ready to upload in the KFP UI and run by hand."""
     from pipelines import arguments, graph
 
-    config = _settings(ctx)
+    config = common.settings_of(ctx)
     rule = None
     if rule_name is not None:
         loaded = loading.load_paths([config.rules.path])
@@ -535,7 +373,13 @@ def config() -> None:
 @click.pass_context
 def config_show(ctx: click.Context) -> None:
     """Print the effective settings as YAML (secrets appear as **********)."""
-    click.echo(yaml.safe_dump(settings.describe(_settings(ctx)), sort_keys=False), nl=False)
+    click.echo(yaml.safe_dump(settings.describe(common.settings_of(ctx)), sort_keys=False), nl=False)
+
+
+# The operators' commands on rules and runs live in their own module.
+for command in (operations.pause, operations.resume, operations.runs_command, operations.cancel):
+    main.add_command(command)
+rules.add_command(operations.rules_list)
 
 
 if __name__ == "__main__":  # pragma: no cover
