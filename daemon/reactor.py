@@ -99,7 +99,12 @@ class Reactor:
             clock=clock,
         )
         self.tracker = tracking.RunTracker(
-            config=config, journal=parts.journal, launcher=parts.launcher, recorder=recorder, clock=clock
+            config=config,
+            journal=parts.journal,
+            launcher=parts.launcher,
+            recorder=recorder,
+            clock=clock,
+            progress=parts.progress,
         )
         drift = drifting.DriftChecker(journal=parts.journal, board=parts.board, clock=clock, metrics=parts.mlflow)
         schedules = scheduling.ScheduleSource(journal=parts.journal, board=parts.board, clock=clock)

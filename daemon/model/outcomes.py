@@ -90,6 +90,8 @@ class GateOutcome:
     champion: Evaluation | None = None
     recovered: bool = False
     """Read back from the registry after the run ended without reporting (not from the run's output)."""
+    run_id: str | None = None
+    """The MLflow run the candidate was trained in (None: not reported)."""
 
     @property
     def promoted(self) -> bool:
@@ -105,6 +107,7 @@ class GateOutcome:
             "candidate": self.candidate.to_json() if self.candidate else None,
             "champion": self.champion.to_json() if self.champion else None,
             "recovered": self.recovered,
+            "run_id": self.run_id,
         }
 
     @classmethod
@@ -120,4 +123,5 @@ class GateOutcome:
             candidate=Evaluation.from_json(candidate) if candidate else None,
             champion=Evaluation.from_json(champion) if champion else None,
             recovered=bool(data.get("recovered", False)),
+            run_id=None if data.get("run_id") is None else str(data["run_id"]),
         )

@@ -159,6 +159,21 @@ def translate(exc: Exception, *, endpoint: str, doing: str) -> errors.RetrainErr
     return errors.ServiceUnavailable(service="MLflow", endpoint=where, detail=detail)
 
 
+#: The per-epoch validation metrics the training step logs (Ultralytics' names, without parentheses).
+EPOCH_MAP50_95 = "metrics/mAP50-95B"
+EPOCH_MAP50 = "metrics/mAP50B"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingCurve:
+    """A training's MLflow run and its validation mAP per epoch so far."""
+
+    run_id: str
+    epochs: int | None
+    points: list[tuple[int, float, float | None]]
+    """(epoch, mAP50-95, mAP50), in the order MLflow returned them."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Champion:
     """The version the ``champion`` alias points at."""
@@ -262,6 +277,36 @@ class Mlflow:
             if metric in run.data.metrics:
                 return float(run.data.metrics[metric])
         return None
+
+    def training_curve(self, *, experiment: str, run_key: str) -> TrainingCurve | None:
+        """The per-epoch validation mAP of the training of ``run_key`` (its MLflow run, found by the run-key tag
+        in ``experiment``), as logged so far; None while no such run exists."""
+
+        def read() -> TrainingCurve | None:
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                return None
+            clause = f"tags.`{tags.RUN_KEY}` = {quoted(run_key, what='run key')}"
+            matches = self.client.search_runs(
+                [found.experiment_id], filter_string=clause, order_by=["attributes.start_time DESC"], max_results=1
+            )
+            if not matches:
+                return None
+            run = matches[0]
+            history = {
+                name: {m.step: float(m.value) for m in self.client.get_metric_history(run.info.run_id, name)}
+                for name in (EPOCH_MAP50_95, EPOCH_MAP50)
+            }
+            epochs = run.data.params.get("epochs")
+            return TrainingCurve(
+                run_id=run.info.run_id,
+                epochs=int(epochs) if epochs is not None and epochs.isdigit() else None,
+                points=[
+                    (step, value, history[EPOCH_MAP50].get(step)) for step, value in history[EPOCH_MAP50_95].items()
+                ],
+            )
+
+        return self.call(f"reading the training curve of {run_key}", read)
 
     def champion_metric(self, *, model: str, metric: str) -> float | None:
         """The champion's validation value of ``metric`` (its version tag, else its run's metric)."""

@@ -154,4 +154,6 @@ def _promotion(found: outcomes.GateOutcome | None) -> dict[str, object]:
         "version": found.version,
         "previous_champion": found.previous_champion,
         "model": found.model,
+        "champion": found.champion.to_json() if found.champion else None,
+        "mlflow_run_id": found.run_id,
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from daemon.journal import base as journal_base
 from daemon.journal import sqlite
 from daemon.launchers import base as launcher_base
 from daemon.launchers import local
+from daemon.model import progress as progress_
 from daemon.registry import mlflow as registry
 from daemon.rules import reloading
 from daemon.sources import base as source_base
@@ -68,6 +69,7 @@ class Parts:
     launcher: launcher_base.Launcher
     liveness: Liveness
     metrics: metrics_.Metrics
+    progress: progress_.ProgressBoard = field(default_factory=progress_.ProgressBoard)
 
 
 def package_for(config: settings.Settings) -> Callable[[dict[str, Any]], Path]:

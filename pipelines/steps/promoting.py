@@ -68,6 +68,7 @@ def _already_done(registry_: registry.Mlflow, name: str, version: Any) -> outcom
             previous_champion=registry.champion_at_evaluation(found),
             candidate=registry.evaluation_from_tags(found),
             recovered=True,
+            run_id=getattr(version, "run_id", None) or None,
         )
     return recorded
 
@@ -269,4 +270,5 @@ def evaluate_and_promote(
         previous_champion=champion.version if champion else None,
         candidate=candidate_eval,
         champion=champion_eval,
+        run_id=run_id,
     )

@@ -173,7 +173,7 @@ def run_trial(
             hyperparameters=hyperparameters,
             device=device,
             out_dir=out_dir,
-            on_epoch=training.epoch_logger(epochs, then=judge),
+            on_epoch=training.epoch_logger(epochs, then=judge, trial=number),
             options=options,
         )
         found = training.evaluate(

@@ -136,9 +136,10 @@ def run_of(tracking_uri: str, experiment_id: str, run_key: str) -> Any:
     return find_run(tracking_uri, experiment_id, {tags.RUN_KEY: run_key})
 
 
-def epoch_logger(epochs: int, *, then: Any = None) -> Any:
+def epoch_logger(epochs: int, *, then: Any = None, trial: int | None = None) -> Any:
     """An Ultralytics ``on_fit_epoch_end`` callback: the epoch's metrics and losses into the active MLflow run
-    (MLflow-safe names), a progress line for the daemon, and ``then(trainer, epoch, map50_95)`` if given."""
+    (MLflow-safe names), a progress line for the daemon (naming the tuning ``trial`` when it is one), and
+    ``then(trainer, epoch, map50_95)`` if given."""
     import mlflow
 
     ended = False  # the training loop ended (its last epoch, or stopped early): the next call is the final one
@@ -154,6 +155,8 @@ def epoch_logger(epochs: int, *, then: Any = None) -> Any:
         final = ended or epoch > epochs
         mlflow.log_metrics(values, step=epoch)
         progress: dict[str, Any] = {"final": "best.pt"} if final else {"epoch": epoch, "epochs": epochs}
+        if trial is not None:
+            progress["trial"] = trial
         progress["map50_95"] = round(float(trainer.metrics.get("metrics/mAP50-95(B)", 0.0)), 4)
         progress["map50"] = round(float(trainer.metrics.get("metrics/mAP50(B)", 0.0)), 4)
         print(constants.PROGRESS_MARK + json.dumps(progress), flush=True)

@@ -45,6 +45,7 @@ def test_a_gate_outcome_round_trips_through_json() -> None:
         candidate=outcomes.Evaluation(map50_95=0.3, map50=0.5),
         champion=outcomes.Evaluation(map50_95=0.4, map50=0.6, per_class={"cat": 0.4}),
         recovered=True,
+        run_id="abc123",
     )
     data = outcome.to_json()
     assert data == {
@@ -56,12 +57,14 @@ def test_a_gate_outcome_round_trips_through_json() -> None:
         "candidate": {"map50_95": 0.3, "map50": 0.5, "per_class": {}, "split": "val", "images": None},
         "champion": {"map50_95": 0.4, "map50": 0.6, "per_class": {"cat": 0.4}, "split": "val", "images": None},
         "recovered": True,
+        "run_id": "abc123",
     }
     assert outcomes.GateOutcome.from_json(data) == outcome
     assert not outcome.promoted
     minimal = outcomes.GateOutcome.from_json({"model": "m", "version": 7, "decision": "promoted"})
     assert minimal == outcomes.GateOutcome(model="m", version="7", decision=outcomes.GateDecision.PROMOTED, reason="")
     assert minimal.promoted and minimal.to_json()["candidate"] is None and minimal.to_json()["recovered"] is False
+    assert minimal.run_id is None
     assert outcomes.GateOutcome.from_json({**data, "previous_champion": 5}).previous_champion == "5"
     with pytest.raises(ValueError, match="'maybe' is not a valid GateDecision"):
         outcomes.GateOutcome.from_json({**data, "decision": "maybe"})

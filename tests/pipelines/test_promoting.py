@@ -84,6 +84,7 @@ def test_a_champion_moved_during_evaluation_makes_the_promotion_refused(
         workdir=tmp_path / "work",
     )
     assert outcome.decision is outcomes.GateDecision.REFUSED
+    assert outcome.run_id == trained["run_id"]  # the dashboard links the run in the MLflow UI
     assert f"champion moved from vNone to v{other} during evaluation" in outcome.reason
     assert client.get_model_version_by_alias(model, tags.CHAMPION_ALIAS).version == str(other)  # not overwritten
     refused = client.get_model_version(model, outcome.version)
