@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run test lint format bench manifests mutation sbom audit clean
+.PHONY: install browser lock run test lint format bench manifests mutation sbom audit clean
 
 install: $(STAMP)
 
@@ -44,11 +44,21 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
+# The dashboard's browser tests drive Debian's Chromium through Playwright (Playwright's own browser download
+# needs the internet; apt's mirror is reachable). Installed once; as root, or through sudo.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell test "$$(id -u)" = 0 || echo sudo)
+browser:
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the browser tests" >&2 && \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; }
+	@test -x $(CHROMIUM) || { echo "no Chromium at $(CHROMIUM): install Debian's chromium package" >&2; exit 1; }
+
 # Fault injection kills the daemon FAULT_ITERATIONS times per boundary: CI runs the full 20 (the whole suite
 # took 30 minutes on this 2-core machine, install included); `make test FAULT_ITERATIONS=3` for a quicker local pass.
 FAULT_ITERATIONS ?= 20
-test: lint
-	FAULT_ITERATIONS=$(FAULT_ITERATIONS) $(BIN)/pytest
+test: lint browser
+	RETRAIN_TEST_CHROMIUM=$(CHROMIUM) FAULT_ITERATIONS=$(FAULT_ITERATIONS) $(BIN)/pytest
 
 format: install
 	$(BIN)/ruff format .

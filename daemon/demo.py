@@ -111,8 +111,9 @@ def main() -> int:
     rules_dir.mkdir(parents=True, exist_ok=True)
     (rules_dir / "demo.yaml").write_text(RULE.format(data=data, epochs=epochs))
     settings_file = write_settings(DEMO.resolve())
+    api_token = os.environ.get("RETRAIN_HTTP__API_TOKEN")  # the dashboard's buttons; unset: read-only
     config = settings.load(
-        environ={},
+        environ={"RETRAIN_HTTP__API_TOKEN": api_token} if api_token else {},
         config_file=settings_file,
         overrides=["sources.folder_rescan_interval_s=30", f"http.port={os.environ.get('DEMO_HTTP_PORT', '8080')}"],
     )
@@ -138,6 +139,8 @@ def main() -> int:
         return 2
     if daemon.http_port is not None:
         url = f"http://127.0.0.1:{daemon.http_port}"
+        buttons = "its buttons use RETRAIN_HTTP__API_TOKEN" if api_token else "read-only: RETRAIN_HTTP__API_TOKEN unset"
+        say(f"dashboard: {url}/  (rules, live training curves, every version's mAP; {buttons})")
         say(f"HTTP: {url}/api/v1/status (JSON status), {url}/metrics (Prometheus), {url}/healthz, {url}/readyz")
     if fresh:
         say("batch 1: 96 labelled images arrive in 3 bursts; the rule waits for a 10 s quiet period")

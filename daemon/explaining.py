@@ -80,7 +80,7 @@ def iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(UTC).isoformat()
 
 
-def _decision_data(decision: decisions.Decision) -> dict[str, Any]:
+def decision_data(decision: decisions.Decision) -> dict[str, Any]:
     if isinstance(decision, decisions.Launch):
         return {"outcome": "launch", "code": decision.trigger, "run_key": decision.run_key, "reason": decision.reason}
     return {
@@ -167,7 +167,7 @@ def status_data(
                 "paused": pause_data(st.paused),
                 "model": rule.model.registered_name,
                 "pending": {"labels": st.pending.labels, "images": st.pending.images, "deleted": st.pending.deleted},
-                "decision": _decision_data(deciding.decide(rule, st, now)),
+                "decision": decision_data(deciding.decide(rule, st, now)),
                 "recent_decisions": [
                     decision_record_data(r) for r in journal.decisions(name, limit=decisions_per_rule)
                 ],

@@ -199,6 +199,8 @@ class MlflowSettings(_Group):
     """Timeout of one request to the MLflow server, in seconds."""
     max_retries: int = Field(default=2, ge=0, le=10)
     """Retries of a failed request to the MLflow server (each after 1, 2, 4... seconds)."""
+    ui_url: str | None = None
+    """The MLflow UI as people open it (e.g. ``https://mlflow.example.com``): the dashboard links runs there."""
 
 
 class HttpSettings(_Group):

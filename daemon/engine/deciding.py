@@ -204,7 +204,7 @@ def _evaluate(rule: rules.Rule, st: state.RuleState, now: datetime) -> tuple[lis
     return fires, waits
 
 
-def _next_slot(rule: rules.Rule, now: datetime) -> tuple[datetime, triggers.ScheduleTrigger] | None:
+def next_slot(rule: rules.Rule, now: datetime) -> tuple[datetime, triggers.ScheduleTrigger] | None:
     """The rule's next schedule slot after ``now`` and its trigger (None: no schedule, or one that never fires)."""
     found: tuple[datetime, triggers.ScheduleTrigger] | None = None
     for spec in rule.triggers_of(decisions.TriggerKind.SCHEDULE):
@@ -216,7 +216,7 @@ def _next_slot(rule: rules.Rule, now: datetime) -> tuple[datetime, triggers.Sche
 
 def _with_next_slot(rule: rules.Rule, wait: _Wait, now: datetime) -> _Wait:
     """A wait of a rule with a schedule, saying when that schedule fires next if nothing else comes sooner."""
-    upcoming = _next_slot(rule, now)
+    upcoming = next_slot(rule, now)
     if upcoming is None or (wait.next_check_at is not None and wait.next_check_at <= upcoming[0]):
         return wait
     slot, spec = upcoming

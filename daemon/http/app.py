@@ -7,6 +7,7 @@
 - ``POST /events/minio``: the MinIO webhook target (its own bearer token, :mod:`daemon.sources.webhook`);
 - ``GET /api/v1/...``: read-only JSON of status (the document ``retrain status --json`` prints), rules,
   decisions, runs, champions and sources;
+- ``GET /``: the web dashboard (:mod:`daemon.http.pages`);
 - ``POST /api/v1/rules/{rule}/trigger`` and ``POST /api/v1/models/{model}/rollback``: need
   ``Authorization: Bearer <http.api_token>``; with no token configured they answer 403.
 
@@ -17,9 +18,6 @@ slow MLflow never blocks the probes.
 from __future__ import annotations
 
 import html
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any
 
 import pydantic
@@ -29,49 +27,13 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from daemon import __version__, errors, explaining, logs, operating, redaction
-from daemon.http import metrics
-from daemon.journal import base as journal_base
-from daemon.launchers import base as launcher_base
+from daemon.http import dashboard, pages
+from daemon.http.context import Context as Context
+from daemon.http.context import Ctx, require_token
 from daemon.model import ids, runs
-from daemon.registry import mlflow as registry
-from daemon.rules import reloading
-from daemon.sources import base as source_base
-from daemon.sources import drifting, webhook
+from daemon.sources import drifting
 
 log = logs.get_logger(__name__)
-
-
-@dataclass(kw_only=True)
-class Context:
-    """What the endpoints read and act on; the reactor builds it from its own parts.
-
-    Args:
-        journal: events, decisions, runs and promotions.
-        rulebook: the rules in force (hot-reloaded by the loop).
-        board: the sources' statuses.
-        metrics: the daemon's metrics.
-        registry: the MLflow model registry (rollback).
-        receiver: the MinIO webhook receiver.
-        api_token: the bearer token of the mutating endpoints; None disables them.
-        clock: the current time.
-        since_last_pass: seconds since the loop completed a pass.
-        liveness_timeout_s: ``/healthz`` fails past this.
-    """
-
-    journal: journal_base.Journal
-    rulebook: reloading.RuleBook
-    board: source_base.StatusBoard
-    metrics: metrics.Metrics
-    registry: registry.Mlflow
-    receiver: webhook.WebhookReceiver
-    api_token: str | None
-    clock: Callable[[], datetime]
-    since_last_pass: Callable[[], float]
-    liveness_timeout_s: float
-    s3_configured: bool = True
-    """An S3 endpoint is set: rules reading a bucket can be triggered."""
-    launcher: launcher_base.Launcher | None = None
-    """Cancels runs (``POST /api/v1/runs/{run_key}/cancel``); None: cancelling is off."""
 
 
 class _ActionRequest(pydantic.BaseModel):
@@ -104,38 +66,6 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _source_data(status: source_base.SourceStatus) -> dict[str, Any]:
-    return {
-        "name": status.name,
-        "connected": status.connected,
-        "events": status.events,
-        "new_events": status.new_events,
-        "rejected": status.rejected,
-        "gaps": status.gaps,
-        "last_event_at": explaining.iso(status.last_event_at),
-        "last_reconcile_at": explaining.iso(status.last_reconcile_at),
-        "reconcile_lag_s": status.reconcile_lag_s,
-        "last_error": status.last_error,
-    }
-
-
-def _context(request: Request) -> Context:
-    context: Context = request.app.state.context
-    return context
-
-
-Ctx = Annotated[Context, Depends(_context)]
-
-
-def require_token(request: Request, ctx: Ctx) -> None:
-    """Refuse a mutating request without the API token (403 when none is configured)."""
-    if ctx.api_token is None:
-        raise HTTPException(403, "mutating endpoints are disabled: set http.api_token (RETRAIN_HTTP__API_TOKEN)")
-    if not webhook.bearer_matches(request.headers.get("authorization"), ctx.api_token):
-        log.warning("api_unauthorized", path=request.url.path)
-        raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
 # --- probes, metrics and the webhook ----------------------------------------------------------------
@@ -241,7 +171,7 @@ def champions(ctx: Ctx) -> dict[str, Any]:
 
 @api.get("/sources")
 def sources(ctx: Ctx) -> dict[str, Any]:
-    return {"sources": [_source_data(s) for s in ctx.board.all()]}
+    return {"sources": [dashboard.source_view(s) for s in ctx.board.all()]}
 
 
 # --- mutating API: the token is required ------------------------------------------------------------
@@ -396,6 +326,8 @@ def create_app(context: Context) -> FastAPI:
     app.state.context = context
     app.include_router(service)
     app.include_router(api)
+    app.include_router(pages.pages)
+    app.mount("/static", pages.static_files(), name="static")
     app.add_exception_handler(RequestValidationError, _invalid_request)
 
     @app.get("/docs", include_in_schema=False)

@@ -44,6 +44,8 @@ def context(
         liveness_timeout_s=config.http.liveness_timeout_s,
         s3_configured=config.sources.s3.endpoint is not None,
         launcher=parts.launcher,
+        progress=parts.progress,
+        mlflow_ui_url=config.mlflow.ui_url,
     )
 
 

@@ -69,6 +69,11 @@ def test_demo_shows_a_full_cycle_then_keeps_running(tmp_path: Path) -> None:
         assert champion["model"] == "demo-detector"
         assert champion["champion"]["version"] in ("1", "2")
         assert httpx.get(url.group(1) + "/healthz", timeout=10).status_code == 200
+        # The dashboard's address is printed, and its document holds both judged versions of the model.
+        assert f"dashboard: {url.group(1)}/ " in text
+        assert "retrain-daemon" in httpx.get(url.group(1) + "/", timeout=10).text
+        [model] = httpx.get(url.group(1) + "/api/v1/dashboard", timeout=30).json()["models"]
+        assert [v["version"] for v in model["versions"]] == ["1", "2"]
         # The first model learned: its mAP50-95 clears the rule's first_model_min, which is above zero.
         first = re.search(r"first model: map50_95 ([0-9.]+) >= first_model_min ([0-9.]+)", text)
         assert first is not None, text[-3000:]
