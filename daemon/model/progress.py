@@ -53,16 +53,7 @@ class ProgressBoard:
         """Record an epoch (a repeated epoch replaces the earlier value: a resumed training reports again)."""
         with self._lock:
             found = self._runs.get(run_key, RunProgress())
-            points = {p.epoch: p for p in found.points} | {point.epoch: point}
-            self._store(
-                run_key,
-                replace(
-                    found,
-                    points=tuple(points[e] for e in sorted(points)),
-                    epochs=epochs if epochs is not None else found.epochs,
-                    source=source,
-                ),
-            )
+            self._update(run_key, found, [*found.points, point], epochs=epochs, mlflow_run_id=None, source=source)
 
     def replace_points(
         self, run_key: str, points: list[EpochPoint], *, epochs: int | None, mlflow_run_id: str | None, source: str
@@ -70,17 +61,27 @@ class ProgressBoard:
         """Set every point at once (what an MLflow metric history holds)."""
         with self._lock:
             found = self._runs.get(run_key, RunProgress())
-            ordered = {p.epoch: p for p in points}
-            self._store(
-                run_key,
-                replace(
-                    found,
-                    points=tuple(ordered[e] for e in sorted(ordered)),
-                    epochs=epochs if epochs is not None else found.epochs,
-                    mlflow_run_id=mlflow_run_id or found.mlflow_run_id,
-                    source=source,
-                ),
-            )
+            self._update(run_key, found, points, epochs=epochs, mlflow_run_id=mlflow_run_id, source=source)
+
+    def _update(
+        self,
+        run_key: str,
+        found: RunProgress,
+        points: list[EpochPoint],
+        *,
+        epochs: int | None,
+        mlflow_run_id: str | None,
+        source: str,
+    ) -> None:
+        by_epoch = {p.epoch: p for p in points}  # the last report of an epoch wins
+        changed = replace(
+            found,
+            points=tuple(by_epoch[e] for e in sorted(by_epoch)),
+            epochs=epochs if epochs is not None else found.epochs,
+            mlflow_run_id=mlflow_run_id or found.mlflow_run_id,
+            source=source,
+        )
+        self._store(run_key, changed)
 
     def mark_final(self, run_key: str) -> None:
         with self._lock:
