@@ -70,7 +70,7 @@ manifests: install
 	@$(BIN)/kubectl kustomize deploy/$(OVERLAY)
 
 # Every benchmark, one JSON object each (copies in benchmarks/results/). About 20 minutes on 2 cores.
-BENCHMARKS := ingest trigger_latency reconcile_scale footprint pipeline_overhead tuning
+BENCHMARKS := ingest trigger_latency reconcile_scale footprint retention pipeline_overhead tuning
 bench: install
 	@set -e; for name in $(BENCHMARKS); do echo "== benchmarks/$$name.py" >&2; $(BIN)/python benchmarks/$$name.py; done
 

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from daemon import __version__, errors, logs, settings
 from daemon.launchers import base as launcher_base
@@ -29,6 +29,7 @@ from daemon.model import rules, runs
 from daemon.runtime import (
     launching,
     notifying,
+    pruning,
     recording,
     serving,
     specs,
@@ -116,6 +117,13 @@ class Reactor:
             clock=clock,
             environ=os.environ if environ is None else environ,
         )
+        self.pruner = pruning.Pruner(
+            journal=parts.journal,
+            clock=clock,
+            retention=timedelta(days=config.journal.retention_days),
+            pruned=parts.metrics.pruned,
+            stopping=self._stopping.is_set,
+        )
         self.workers = {
             name: working.Worker(
                 name=name, work=work, interval_s=interval, on_crash=lambda _: parts.metrics.loop_errors.inc()
@@ -127,6 +135,7 @@ class Reactor:
                 ("sources", self.supervisor.work, config.sources.unwatched_retry_s),
                 ("reconcile", self.supervisor.reconcile, config.sources.reconcile_interval_s),
                 ("notify", self.notifier.work, NOTIFY_INTERVAL_S),
+                ("prune", self.pruner.work, config.journal.prune_interval_s),
             )
         }
         self.triggering = triggering.Triggering(

@@ -45,6 +45,12 @@ class JournalSettings(_Group):
     min_free_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
     """Free space the journal's volume must keep, in bytes: below it ``/readyz`` reports the journal as not
     writable (a full disk would refuse the next event)."""
+    retention_days: float = Field(default=30.0, gt=0)
+    """History older than this many days is pruned once nothing needs it: events (each present file's current
+    one is kept), skip decisions (each rule keeps its newest 200 and every launch), answered signals and
+    finished notices. The inventory, runs, snapshots and promotions are kept."""
+    prune_interval_s: float = Field(default=3600.0, gt=0)
+    """Seconds between two retention sweeps."""
 
 
 class S3Settings(_Group):

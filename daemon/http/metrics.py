@@ -80,6 +80,12 @@ class Metrics:
             ["model", "decision"],
             registry=self.registry,
         )
+        self.pruned = Counter(
+            "retrain_journal_pruned",
+            "Rows the retention removed from the journal, by table (events, decisions, signals, notices).",
+            ["table"],
+            registry=self.registry,
+        )
         self.loop_errors = Counter(
             "retrain_loop_errors", "Loop passes that ended in an error (logged).", registry=self.registry
         )

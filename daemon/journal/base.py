@@ -30,6 +30,23 @@ class AppendResult:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PruneStep:
+    """What one step of pruning removed, and where the next step of the same sweep starts."""
+
+    events: int = 0
+    decisions: int = 0
+    signals: int = 0
+    notices: int = 0
+    next_seq: int | None = None
+    """The event sequence number the sweep continues from; None: no event older than the cut-off is left
+    after this step's window (the sweep is over)."""
+
+    @property
+    def removed(self) -> int:
+        return self.events + self.decisions + self.signals + self.notices
+
+
+@dataclass(frozen=True, kw_only=True)
 class InventoryItem:
     """One object of a dataset as the journal last saw it."""
 
@@ -156,7 +173,7 @@ class Journal(abc.ABC):
 
     @abc.abstractmethod
     def event_count(self) -> int:
-        """How many distinct events are journaled."""
+        """How many distinct events the journal holds (a running total: no rows are counted)."""
 
     @abc.abstractmethod
     def run_counts(self) -> dict[str, int]:
@@ -278,6 +295,19 @@ class Journal(abc.ABC):
     @abc.abstractmethod
     def promotions(self, model: str | None = None, *, limit: int = 20) -> list[PromotionRecord]:
         """Recent promotion records, newest first."""
+
+    @abc.abstractmethod
+    def prune(self, *, before: datetime, from_seq: int, window: int, keep_decisions: int) -> PruneStep:
+        """Remove history older than ``before`` that nothing needs, one small transaction at a time:
+
+        - events with ``from_seq <= seq < from_seq + window`` received before ``before``, except each present
+          file's current version (it keeps deduplicating that file's replays); what rules see as pending,
+          snapshots, runs and the inventory are not made of events and do not change;
+        - up to ``window`` decisions made before ``before``, except launches and each rule's newest
+          ``keep_decisions``;
+        - up to ``window`` answered schedule ticks, observations and manual requests, and delivered or
+          abandoned notices, from before ``before``.
+        """
 
     @abc.abstractmethod
     def close(self) -> None:

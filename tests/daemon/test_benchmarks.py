@@ -70,3 +70,12 @@ def test_tuning(tmp_path: Path) -> None:
     figures = bench("tuning", "--trials", "2", "--epochs", "1", "--images", "8", "--imgsz", "64", tmp_path=tmp_path)
     assert len(figures["trials"]) == 2  # type: ignore[arg-type]
     assert figures["distinct_models"] == 2  # the two trials' parameters reached the optimizer
+
+
+def test_retention(tmp_path: Path) -> None:
+    args = ["--events", "6000", "--files", "300", "--days", "12", "--retention-days", "3"]
+    figures = bench("retention", *args, tmp_path=tmp_path)
+    assert figures["rules_see_the_same"] is True
+    kept, every = figures["with_retention"], figures["without_retention"]
+    assert every["rows"]["events"] == 6001  # type: ignore[index]
+    assert kept["rows"]["events"] == 3 * 500 + 1  # type: ignore[index]  # the last 3 days, and the late file

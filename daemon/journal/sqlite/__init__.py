@@ -2,8 +2,8 @@
 
 Each public method is one transaction, so a SIGKILL leaves either the whole batch or none of it. The work
 is split by subject: :mod:`.inventory` (events, inventory, snapshots, dataset status), :mod:`.ruling`
-(what rules see and decide), :mod:`.running` (runs and promotions), over :mod:`.database` (the
-connection, the schema files, transactions and errors by kind).
+(what rules see and decide), :mod:`.running` (runs and promotions), :mod:`.pruning` (retention), over
+:mod:`.database` (the connection, the schema files, transactions and errors by kind).
 """
 
 from __future__ import annotations
@@ -11,10 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon.journal import base
-from daemon.journal.sqlite import database, inventory, noticing, ruling, running
+from daemon.journal.sqlite import database, inventory, noticing, pruning, ruling, running
 
 
-class SqliteJournal(inventory.InventoryStore, ruling.RuleStore, running.RunStore, noticing.NoticeStore, base.Journal):
+class SqliteJournal(
+    inventory.InventoryStore,
+    ruling.RuleStore,
+    running.RunStore,
+    noticing.NoticeStore,
+    pruning.PruneStore,
+    base.Journal,
+):
     """The journal in one SQLite file.
 
     Args:

@@ -31,6 +31,14 @@ def present_manifest(db: sqlite3.Connection, dataset: str) -> list[tuple[str, st
     return [(row["key"], row["version"]) for row in db.execute(_MANIFEST, (dataset,))]
 
 
+def add_to_counter(db: sqlite3.Connection, name: str, delta: int) -> None:
+    """Move a running total inside the caller's transaction (schema 5's ``counters``)."""
+    db.execute(
+        "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + ?",
+        (name, delta, delta),
+    )
+
+
 class InventoryStore:
     """The events-and-inventory half of :class:`~daemon.journal.sqlite.SqliteJournal`."""
 
@@ -54,6 +62,8 @@ class InventoryStore:
                     "ON CONFLICT (dataset) DO UPDATE SET change_seq = change_seq + 1",
                     (dataset,),
                 )
+            if new:
+                add_to_counter(db, "events", new)
         return base.AppendResult(new=new, duplicates=duplicates)
 
     def _append_one(self, db: sqlite3.Connection, event: events.SourceEvent, now: float) -> bool:
@@ -183,7 +193,8 @@ class InventoryStore:
 
     def event_count(self) -> int:
         with self.database.reading() as db:
-            return int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            row = db.execute("SELECT value FROM counters WHERE name = 'events'").fetchone()
+            return int(row[0]) if row is not None else 0
 
     def snapshot_manifest(self, dataset: str) -> list[tuple[str, str]]:
         with self.database.reading() as db:
