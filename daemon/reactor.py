@@ -47,6 +47,9 @@ log = logs.get_logger(__name__)
 MIN_PASS_GAP_S = 0.05
 #: Seconds between two passes of the notifier (deliveries due, sources down, refused rule files).
 NOTIFY_INTERVAL_S = 2.0
+#: A reconcile pass is followed by at least this many times its own duration before the next one (a bucket
+#: that takes 10 minutes to list is listed at most a quarter of the time, whatever the interval).
+RECONCILE_STRETCH = 3.0
 
 
 def utcnow() -> datetime:
@@ -126,7 +129,11 @@ class Reactor:
         )
         self.workers = {
             name: working.Worker(
-                name=name, work=work, interval_s=interval, on_crash=lambda _: parts.metrics.loop_errors.inc()
+                name=name,
+                work=work,
+                interval_s=interval,
+                on_crash=lambda _: parts.metrics.loop_errors.inc(),
+                stretch=RECONCILE_STRETCH if name == "reconcile" else None,
             )
             for name, work, interval in (
                 ("launching", self.launching.work, 5.0),

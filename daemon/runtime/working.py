@@ -29,6 +29,8 @@ class Worker:
         work: what one pass does.
         interval_s: seconds between passes when nobody wakes the worker.
         on_crash: called with the worker's name when a pass raised something unexpected (counts it).
+        stretch: the wait after a pass is at least this many times the pass's duration (None: the interval
+            alone): a reconcile of a bucket that takes minutes to list does not list back to back.
     """
 
     def __init__(
@@ -38,8 +40,12 @@ class Worker:
         work: Callable[[], object],
         interval_s: float,
         on_crash: Callable[[str], None] = lambda name: None,
+        stretch: float | None = None,
     ) -> None:
         self.name = name
+        self.stretch = stretch
+        self.last_duration_s = 0.0
+        """How long the last pass took, in seconds."""
         self.work = work
         self.interval_s = interval_s
         self.on_crash = on_crash
@@ -70,8 +76,15 @@ class Worker:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    def wait_s(self) -> float:
+        """Seconds to wait before the next pass unless woken: the interval, stretched after a long pass."""
+        if self.stretch is None:
+            return self.interval_s
+        return max(self.interval_s, self.stretch * self.last_duration_s)
+
     def run_once(self) -> None:
         """One pass, with failures turned into log lines (what the thread calls; tests call it too)."""
+        started = time.monotonic()
         try:
             self.work()
             self.last_error = None
@@ -84,9 +97,18 @@ class Worker:
             log.exception("worker_pass_crashed", worker=self.name, action="retried next pass")
         finally:
             self.last_pass_at = time.monotonic()
+            self.last_duration_s = self.last_pass_at - started
+            if self.wait_s() > self.interval_s:
+                log.info(
+                    "worker_interval_stretched",
+                    worker=self.name,
+                    pass_s=round(self.last_duration_s, 1),
+                    next_in_s=round(self.wait_s(), 1),
+                    interval_s=self.interval_s,
+                )
 
     def _run(self) -> None:
         while not self._stopping.is_set():
             self._wake.clear()
             self.run_once()
-            self._wake.wait(self.interval_s)
+            self._wake.wait(self.wait_s())

@@ -1,0 +1,42 @@
+"""Workers: a pass, then a wait of the interval, stretched after a long pass; a wake-up cuts the wait short."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from daemon.runtime import working
+from tests.support.waiting import wait_until
+
+
+def test_a_long_pass_stretches_the_wait_and_a_wake_up_still_runs_at_once() -> None:
+    starts: list[float] = []
+    ends: list[float] = []
+
+    def slow_pass() -> None:
+        starts.append(time.monotonic())
+        time.sleep(0.3)
+        ends.append(time.monotonic())
+
+    worker = working.Worker(name="reconcile", work=slow_pass, interval_s=0.05, stretch=10.0)
+    worker.start()
+    try:
+        wait_until(lambda: len(ends) == 1, 10, "the first pass")
+        assert worker.last_duration_s >= 0.3
+        assert worker.wait_s() == 10.0 * worker.last_duration_s >= 3.0
+        time.sleep(1.0)
+        assert len(starts) == 1  # not listed back to back: the wait is ten times the pass, not 0.05 s
+        woken = time.monotonic()
+        worker.wake()  # a gap in a notification stream asks for a reconcile now
+        wait_until(lambda: len(starts) == 2, 2.5, "the pass a wake-up asked for")
+        assert starts[1] - woken < 2.5 < worker.wait_s()
+    finally:
+        worker.stop()
+        worker.join(5)
+
+
+def test_without_a_stretch_the_interval_alone_counts() -> None:
+    done = threading.Event()
+    worker = working.Worker(name="tracking", work=lambda: time.sleep(0.2) or done.set(), interval_s=0.05)
+    worker.run_once()
+    assert done.is_set() and worker.last_duration_s >= 0.2 and worker.wait_s() == 0.05
