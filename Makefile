@@ -58,7 +58,7 @@ browser:
 # took 30 minutes on this 2-core machine, install included); `make test FAULT_ITERATIONS=3` for a quicker local pass.
 FAULT_ITERATIONS ?= 20
 test: lint browser
-	RETRAIN_TEST_CHROMIUM=$(CHROMIUM) FAULT_ITERATIONS=$(FAULT_ITERATIONS) $(BIN)/pytest
+	TEST_CHROMIUM=$(CHROMIUM) FAULT_ITERATIONS=$(FAULT_ITERATIONS) $(BIN)/pytest
 
 format: install
 	$(BIN)/ruff format .

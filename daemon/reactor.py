@@ -109,6 +109,7 @@ class Reactor:
             recorder=recorder,
             clock=clock,
             progress=parts.progress,
+            curves_from_mlflow=config.kfp.launcher != "local",
         )
         drift = drifting.DriftChecker(journal=parts.journal, board=parts.board, clock=clock, metrics=parts.mlflow)
         schedules = scheduling.ScheduleSource(journal=parts.journal, board=parts.board, clock=clock)
@@ -202,14 +203,18 @@ class Reactor:
         self.start()
         try:
             while not self._stopping.is_set():
+                began = time.monotonic()
                 self.step()
+                took = time.monotonic() - began
                 if self.supervisor.reconcile_requested.is_set():
                     self.workers["reconcile"].wake()
                 # A tick, or less when new events arrive: a label that lands is decided on at once (after a
-                # short gap, so that a burst of deliveries is taken in a few passes, not one per batch).
+                # short gap, so that a burst of deliveries is taken in a few passes, not one per batch; a gap
+                # as long as the pass itself, so the loop never holds the journal more than half the time
+                # while the sources are writing a burst into it).
                 self._wake.wait(self.tick_s)
                 self._wake.clear()
-                self._stopping.wait(MIN_PASS_GAP_S)
+                self._stopping.wait(max(MIN_PASS_GAP_S, took))
         finally:
             self.shutdown()
 

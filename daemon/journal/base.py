@@ -134,8 +134,9 @@ class Journal(abc.ABC):
         """Present label files whose class counts are unknown, as ``(key, version)``."""
 
     @abc.abstractmethod
-    def set_class_counts(self, dataset: str, key: str, *, version: str, counts: dict[str, int]) -> bool:
-        """Store a label file's class counts, if the file is still at ``version``."""
+    def set_class_counts(self, dataset: str, found: Sequence[tuple[str, str, dict[str, int]]]) -> int:
+        """Store the class counts of label files read, ``(key, version, counts)`` each, in one transaction;
+        a file whose version changed meanwhile keeps none. Returns how many were stored."""
 
     @abc.abstractmethod
     def snapshot_histogram(self, dataset: str, fingerprint: str) -> dict[str, int] | None:

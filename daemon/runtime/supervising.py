@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 from daemon import errors, logs, settings
 from daemon.journal import base as journal_base
-from daemon.model import rules
+from daemon.model import decisions, rules
 from daemon.sources import base as source_base
 from daemon.sources import datasets, listening, reconciling, s3, watching
 
@@ -63,6 +63,7 @@ class SourceSupervisor:
         self.clock = clock
         self._lock = threading.Lock()
         self._wanted: dict[str, datasets.DatasetLocation] = {}
+        self._counted: set[str] = set()
         self.folders: dict[str, watching.FolderSource] = {}
         self.reconcilers: dict[str, reconciling.S3Reconciler] = {}
         self.listeners: dict[str, listening.MinioListener] = {}
@@ -75,8 +76,21 @@ class SourceSupervisor:
         found, problems = datasets.locations(rule_map.values())
         for problem in problems:
             log.warning("dataset_conflict", error=problem.render())
+        counted = {
+            rule.dataset_name
+            for rule in rule_map.values()
+            if rule.triggers_of(decisions.TriggerKind.CLASS_DRIFT)
+            or any(spec.min_per_class for spec in rule.triggers_of(decisions.TriggerKind.NEW_LABELS))
+        }
         with self._lock:
             self._wanted = found
+            self._counted = counted
+
+    def counts_needed(self, dataset: str) -> bool:
+        """Whether a rule on ``dataset`` uses class counts (per-class minimums, class drift): only then does
+        the S3 reconcile read label files (a folder's are read as they arrive, at a local disk's cost)."""
+        with self._lock:
+            return dataset in self._counted
 
     def locations(self) -> dict[str, datasets.DatasetLocation]:
         """The datasets of the rules in force, by name (the webhook and listen streams map keys with it)."""
@@ -160,7 +174,11 @@ class SourceSupervisor:
             )
             return
         self.reconcilers[name] = reconciling.S3Reconciler(
-            store=self.store, location=location, sink=self.sink, clock=self.clock
+            store=self.store,
+            location=location,
+            sink=self.sink,
+            clock=self.clock,
+            counts_needed=lambda: self.counts_needed(name),
         )
         if changed is not None:
             self.journal.set_dataset_status(name, source=location.source, problem=changed, at=self.clock())

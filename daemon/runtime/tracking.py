@@ -42,6 +42,8 @@ class RunTracker:
         recorder: journals the ends.
         clock: the current time.
         progress: where the training progress of each run is kept for the dashboard.
+        curves_from_mlflow: read the training curve of a run with no local output from its MLflow run (runs
+            executing elsewhere: the KFP launcher); off for local runs, whose output is always here.
     """
 
     def __init__(
@@ -53,9 +55,11 @@ class RunTracker:
         recorder: recording.OutcomeRecorder,
         clock: source_base.Clock,
         progress: progress_.ProgressBoard | None = None,
+        curves_from_mlflow: bool = False,
     ) -> None:
         self.config = config
         self.progress = progress if progress is not None else progress_.ProgressBoard()
+        self.curves_from_mlflow = curves_from_mlflow
         self.journal = journal
         self.launcher = launcher
         self.recorder = recorder
@@ -92,7 +96,7 @@ class RunTracker:
             )
             log.warning("run_abandoned", reason="the launcher has no run with this key")
             return
-        if not self.report_progress(run.run_key):
+        if not self.report_progress(run.run_key) and self.curves_from_mlflow:
             if status.state.final:
                 self._curve_at.pop(run.run_key, None)  # the whole curve, once more, as the run ended
             self.read_curve(run)

@@ -12,7 +12,8 @@ when the listing has gone past it without seeing it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -28,6 +29,9 @@ log = logs.get_logger(__name__)
 BATCH = 500
 #: Label files read for class counts per pass.
 COUNT_LABELS_PER_PASS = 2000
+#: Label files read at the same time (S3 answers each GET in about a millisecond; one after the other, a
+#: first pass over 100k labels spent most of its time waiting).
+READERS = 16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,10 +135,17 @@ class S3Reconciler:
         location: the dataset's bucket and prefix.
         sink: where events go.
         clock: the current time.
+        counts_needed: whether a rule uses the dataset's class counts (else label files are not read).
     """
 
     def __init__(
-        self, *, store: s3.S3Store, location: datasets.DatasetLocation, sink: base.EventSink, clock: base.Clock
+        self,
+        *,
+        store: s3.S3Store,
+        location: datasets.DatasetLocation,
+        sink: base.EventSink,
+        clock: base.Clock,
+        counts_needed: Callable[[], bool] = lambda: True,
     ) -> None:
         assert location.bucket is not None, "an S3 reconciler needs an s3:// dataset"
         self.store = store
@@ -143,6 +154,7 @@ class S3Reconciler:
         self.sink = sink
         self.clock = clock
         self.name = f"s3_reconcile:{location.name}"
+        self.counts_needed = counts_needed
 
     def _listing(self) -> Iterator[Listed]:
         for obj in self.store.list(self.bucket, self.location.prefix):
@@ -168,7 +180,8 @@ class S3Reconciler:
                 source=events.Source.S3_RECONCILE,
                 now=self.clock(),
             )
-            self.count_labels()
+            if self.counts_needed():
+                self.count_labels()
         except errors.RetrainError as exc:
             board.update(self.name, connected=False, last_error=str(exc))
             board.add(self.name, gaps=1)
@@ -196,16 +209,18 @@ class S3Reconciler:
         )
 
     def count_labels(self, limit: int = COUNT_LABELS_PER_PASS) -> int:
-        """Read label files whose class counts are unknown and store the counts (bounded per pass)."""
-        journal = self.sink.journal
-        done = 0
-        for key, version in journal.labels_without_counts(self.location.name, limit=limit):
-            try:
-                text = self.store.read_text(self.bucket, self.location.prefix + key)
-            except errors.PermanentError as exc:
-                log.info("label_unreadable", dataset=self.location.name, key=key, error=str(exc))
-                journal.set_class_counts(self.location.name, key, version=version, counts={})
-                continue
-            if journal.set_class_counts(self.location.name, key, version=version, counts=labels.class_counts(text)):
-                done += 1
-        return done
+        """Read label files whose class counts are unknown, ``READERS`` at a time, and store their counts in
+        one transaction (bounded per pass). Returns how many were stored."""
+        wanted = self.sink.journal.labels_without_counts(self.location.name, limit=limit)
+        with ThreadPoolExecutor(max_workers=READERS, thread_name_prefix=f"labels:{self.location.name}") as pool:
+            found = list(pool.map(lambda pair: self._counted(*pair), wanted))
+        return self.sink.journal.set_class_counts(self.location.name, found)
+
+    def _counted(self, key: str, version: str) -> tuple[str, str, dict[str, int]]:
+        """One label file's class counts; an unreadable one (gone, refused) counts as no boxes."""
+        try:
+            text = self.store.read_text(self.bucket, self.location.prefix + key)
+        except errors.PermanentError as exc:
+            log.info("label_unreadable", dataset=self.location.name, key=key, error=str(exc))
+            return key, version, {}
+        return key, version, labels.class_counts(text)

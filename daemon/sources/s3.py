@@ -47,7 +47,7 @@ def make_client(config: settings.S3Settings) -> Minio:
     http = urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=config.connect_timeout_s, read=config.read_timeout_s),
         retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
-        maxsize=10,
+        maxsize=20,  # the reconciler's label readers (16) beside the listing and the listen stream
     )
     return Minio(
         config.endpoint,

@@ -41,7 +41,9 @@ def tracker_for(tmp_path: Path, tracking_uri: str) -> tracking.RunTracker:
         clock=lambda: NOW,
     )
     launcher = local.LocalLauncher(root=tmp_path / "runs", max_concurrent=1, env={})
-    return tracking.RunTracker(config=config, journal=journal, launcher=launcher, recorder=recorder, clock=lambda: NOW)
+    return tracking.RunTracker(
+        config=config, journal=journal, launcher=launcher, recorder=recorder, clock=lambda: NOW, curves_from_mlflow=True
+    )
 
 
 def record(key: str) -> runs.RunRecord:

@@ -13,6 +13,8 @@ import pytest
 from daemon import errors, settings
 from daemon.journal import sqlite
 from daemon.model import events
+from daemon.rules import loading
+from daemon.runtime import supervising
 from daemon.sources import base, datasets, reconciling, s3
 from tests.support import services
 from tests.support.sim import make_rule
@@ -151,3 +153,43 @@ def test_s3_outage_loses_nothing(tmp_path: Path, journal: sqlite.SqliteJournal) 
         assert sorted(i.key for i in journal.inventory("pets")) == listed
     finally:
         server.stop()
+
+
+def test_label_files_are_read_only_for_rules_that_use_class_counts_then_many_at_a_time(
+    s3_server: services.S3Server, s3_bucket: str, journal: sqlite.SqliteJournal
+) -> None:
+    for i in range(40):
+        put(s3_server, s3_bucket, f"pets/labels/train/{i:03d}.txt", f"{i % 2} 0.5 0.5 0.1 0.1\n".encode())
+    needed = False
+    rec = reconciler(s3_server, s3_bucket, journal)
+    rec.counts_needed = lambda: needed
+    assert rec.run_once().created == 40
+    assert len(journal.labels_without_counts("pets", limit=100)) == 40  # no rule needs them: not one GET
+    needed = True  # a rule with min_per_class or class_drift arrived
+    s3_server.client().remove_object(s3_bucket, "pets/labels/train/039.txt")  # gone before it is read
+    assert rec.count_labels() == 40
+    assert journal.labels_without_counts("pets", limit=100) == []
+    counts = journal.rule_state(make_rule(), now=now()).pending.class_counts
+    assert dict(counts) == {"0": 20, "1": 19}  # the vanished file counts as no boxes
+
+
+def test_the_supervisor_knows_which_datasets_need_class_counts() -> None:
+    text = """
+name: {name}
+dataset: {{source: "s3://datasets/{name}/"}}
+model: {{registered_name: {name}-detector}}
+triggers:
+  - new_labels: {trigger}
+{extra}"""
+    found = {}
+    for name, trigger, extra in (
+        ("plain", "{min_new_labels: 5}", ""),
+        ("classy", "{min_new_labels: 5, min_per_class: {'0': 3}}", ""),
+        ("drifty", "{min_new_labels: 5}", "  - class_drift: {statistic: jensen_shannon, threshold: 0.2}\n"),
+    ):
+        [loaded] = loading.parse_text(text.format(name=name, trigger=trigger, extra=extra), file="r.yaml").rules
+        found[name] = loaded.rule
+    sink = base.EventSink(journal=sqlite.SqliteJournal(":memory:"), board=base.StatusBoard(), clock=now)
+    supervisor = supervising.SourceSupervisor(config=settings.load(environ={}), sink=sink, store=None, clock=now)
+    supervisor.sync(found)
+    assert {name: supervisor.counts_needed(name) for name in found} == {"plain": False, "classy": True, "drifty": True}

@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import Browser, sync_playwright
 
 #: The browser binary; Debian's package puts it here (``make browser`` installs it).
-CHROMIUM = os.environ.get("RETRAIN_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM = os.environ.get("TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
     "--no-sandbox",  # the tests run as root here
     "--disable-gpu",
@@ -34,7 +34,7 @@ def chromium() -> Iterator[Browser]:
     if not os.path.exists(CHROMIUM):
         pytest.fail(
             f"no Chromium at {CHROMIUM}: `make browser` (part of `make test`) installs Debian's chromium package; "
-            "RETRAIN_TEST_CHROMIUM names another binary"
+            "TEST_CHROMIUM names another binary (not RETRAIN_*: the daemon refuses unknown RETRAIN_ variables)"
         )
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)

@@ -158,13 +158,16 @@ class InventoryStore:
             ).fetchall()
         return [(row["key"], row["version"]) for row in rows]
 
-    def set_class_counts(self, dataset: str, key: str, *, version: str, counts: dict[str, int]) -> bool:
-        with self.database.transaction(f"storing the class counts of {key}") as db:
-            return bool(
+    def set_class_counts(self, dataset: str, found: Sequence[tuple[str, str, dict[str, int]]]) -> int:
+        if not found:
+            return 0
+        with self.database.transaction(f"storing the class counts of {len(found)} label files") as db:
+            return sum(
                 db.execute(
                     "UPDATE inventory SET class_counts = ? WHERE dataset = ? AND key = ? AND version = ?",
                     (json.dumps(counts), dataset, key, version),
                 ).rowcount
+                for key, version, counts in found
             )
 
     def snapshot_histogram(self, dataset: str, fingerprint: str) -> dict[str, int] | None:
