@@ -45,6 +45,16 @@ class PruneStep:
     def removed(self) -> int:
         return self.events + self.decisions + self.signals + self.notices
 
+    def __add__(self, other: PruneStep) -> PruneStep:
+        """The rows of both steps together (a sweep's total; ``next_seq`` is the later step's)."""
+        return PruneStep(
+            events=self.events + other.events,
+            decisions=self.decisions + other.decisions,
+            signals=self.signals + other.signals,
+            notices=self.notices + other.notices,
+            next_seq=other.next_seq,
+        )
+
 
 @dataclass(frozen=True, kw_only=True)
 class InventoryItem:

@@ -64,12 +64,7 @@ class Pruner:
         while not self.stopping():
             step = self.journal.prune(before=cutoff, from_seq=seq, window=WINDOW, keep_decisions=KEEP_DECISIONS)
             steps += 1
-            total = journal_base.PruneStep(
-                events=total.events + step.events,
-                decisions=total.decisions + step.decisions,
-                signals=total.signals + step.signals,
-                notices=total.notices + step.notices,
-            )
+            total += step
             for table in ("events", "decisions", "signals", "notices"):
                 if getattr(step, table):
                     self.pruned.labels(table).inc(getattr(step, table))

@@ -27,12 +27,7 @@ def sweep(journal: base.Journal, *, before: object, window: int = 7, keep_decisi
     while True:
         step = journal.prune(before=before, from_seq=seq or 0, window=window, keep_decisions=keep_decisions)  # type: ignore[arg-type]
         steps += 1
-        total = base.PruneStep(
-            events=total.events + step.events,
-            decisions=total.decisions + step.decisions,
-            signals=total.signals + step.signals,
-            notices=total.notices + step.notices,
-        )
+        total += step
         seq = step.next_seq
         if seq is None and step.removed == 0:
             return total
