@@ -87,8 +87,8 @@ class SourceSupervisor:
             self._counted = counted
 
     def counts_needed(self, dataset: str) -> bool:
-        """Whether a rule on ``dataset`` uses class counts (per-class minimums, class drift): only then does
-        the S3 reconcile read label files (a folder's are read as they arrive, at a local disk's cost)."""
+        """Whether a rule on ``dataset`` uses class counts (per-class minimums, class drift): only then are
+        label files read (by the S3 reconcile, and by a folder's watcher as they arrive)."""
         with self._lock:
             return dataset in self._counted
 
@@ -155,6 +155,7 @@ class SourceSupervisor:
             polling=sources.folder_polling,
             poll_interval_s=sources.folder_poll_interval_s,
             rescan_interval_s=sources.folder_rescan_interval_s,
+            counts_needed=lambda: self.counts_needed(name),
         )
         if changed is not None:
             self.journal.set_dataset_status(name, source=location.source, problem=changed, at=self.clock())

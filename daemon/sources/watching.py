@@ -12,8 +12,9 @@ hidden folder are ignored. inotify drops events when its queue overflows (16,384
 only logs it, so a start-up scan, a periodic rescan and a rescan right after an overflow reconcile the
 folder with the journal's inventory.
 
-Events are journaled in batches by one flusher thread, so a burst of 10,000 files is a few transactions,
-not 10,000.
+Events are journaled by one background thread that wakes as soon as one is queued and takes everything
+queued by then (up to 1,000 per transaction): a burst of 10,000 files is a few dozen transactions, not
+10,000, and a lone file is journaled within milliseconds, not on the next tick.
 """
 
 from __future__ import annotations
@@ -24,9 +25,20 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
@@ -42,6 +54,21 @@ log = logs.get_logger(__name__)
 FLUSH_BATCH = 1000
 #: Largest label file read for class counts.
 MAX_LABEL_BYTES = 1_048_576
+#: Label files whose class counts are filled in per background tick, once a rule starts using them.
+COUNT_LABELS_PER_TICK = 2000
+#: The inotify events the folder needs (watchdog narrows the kernel's watch mask to them). Left out:
+#: modifications (a write is followed by its close, and the settle check compares size and modification
+#: time itself), opens and read-only closes (the daemon's own reads of label files would come back as
+#: events, two per file).
+INOTIFY_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
+]
 
 
 class _OverflowAlarm(logging.Handler):
@@ -67,6 +94,8 @@ class FolderSource(FileSystemEventHandler):
         poll_interval_s: seconds between polls, and between settle checks.
         rescan_interval_s: seconds between full rescans.
         settle_s: how long a file without a close event must stay unchanged to count.
+        counts_needed: whether a rule uses the dataset's class counts; label files are read only while one
+            does (and the counts of those journaled unread are filled in when one starts to).
     """
 
     def __init__(
@@ -79,6 +108,7 @@ class FolderSource(FileSystemEventHandler):
         poll_interval_s: float = 5.0,
         rescan_interval_s: float = 600.0,
         settle_s: float = 5.0,
+        counts_needed: Callable[[], bool] = lambda: True,
     ) -> None:
         super().__init__()
         assert location.path is not None, "a folder source needs a file:// dataset"
@@ -91,9 +121,14 @@ class FolderSource(FileSystemEventHandler):
         self.poll_interval_s = poll_interval_s
         self.rescan_interval_s = rescan_interval_s
         self.settle_s = settle_s
+        self.counts_needed = counts_needed
+        self._counting = False  # counts_needed() as of the last background tick: callbacks read only this
+        self._backfill = False
         self.name = f"folder:{location.name}"
         self._queue: queue.Queue[events.SourceEvent] = queue.Queue()
-        self._settling: dict[str, tuple[str, float]] = {}
+        self._queued = threading.Event()  # set when the callbacks queue an event: wakes the background thread
+        # key -> (version when last seen, or None before the settle check looked; since when unchanged)
+        self._settling: dict[str, tuple[str | None, float]] = {}
         self._settling_lock = threading.Lock()
         self._stopping = threading.Event()
         self._rescan_now = threading.Event()
@@ -127,7 +162,7 @@ class FolderSource(FileSystemEventHandler):
         try:
             stat = path.stat()
             counts = None
-            if item is events.ItemKind.LABEL and stat.st_size <= MAX_LABEL_BYTES:
+            if self._counting and item is events.ItemKind.LABEL and stat.st_size <= MAX_LABEL_BYTES:
                 counts = labels.class_counts(path.read_text(encoding="utf-8", errors="replace"))
         except OSError:
             return None  # gone again; a delete event or the next rescan tells
@@ -152,18 +187,17 @@ class FolderSource(FileSystemEventHandler):
         event = self._event_for(rel, source=events.Source.FOLDER)
         if event is not None:
             self._queue.put(event)
+            self._queued.set()
 
     def _maybe_complete(self, path: str | bytes) -> None:
-        """A file appeared or changed without a close: count it once it has settled."""
+        """A file appeared (or, with the polling observer, changed): count it once it has settled, unless its
+        close comes first. Nothing is read here: nearly every file is closed a moment later, and the settle
+        check takes the first look at its size and modification time."""
         rel = self._relative(path)
         if rel is None or self.location.classify(rel) is events.ItemKind.OTHER:
             return
-        try:
-            version = folders.version_of((self.root / rel).stat())
-        except OSError:
-            return
         with self._settling_lock:
-            self._settling[rel] = (version, time.monotonic())
+            self._settling[rel] = (None, time.monotonic())
 
     # --- watchdog callbacks (observer thread) -----------------------------------------------------
     def on_closed(self, event: FileSystemEvent) -> None:
@@ -208,10 +242,15 @@ class FolderSource(FileSystemEventHandler):
                 time=self.clock(),
             )
         )
+        self._queued.set()
 
     # --- settling, flushing, rescanning (own threads) ---------------------------------------------
     def check_settled(self) -> None:
-        """Count files that stayed unchanged for ``settle_s``."""
+        """Count files that stayed unchanged for ``settle_s``.
+
+        A file's first look (its size and modification time) comes ``settle_s`` after the event that put it
+        here; it counts once a later look, ``settle_s`` on, finds them the same.
+        """
         now = time.monotonic()
         with self._settling_lock:
             candidates = [(rel, v) for rel, (v, since) in self._settling.items() if now - since >= self.settle_s]
@@ -223,7 +262,7 @@ class FolderSource(FileSystemEventHandler):
                     self._settling.pop(rel, None)
                 continue
             if current == version:
-                self._complete(str(self.root / rel))
+                self._complete(self._prefix + rel)
             else:
                 with self._settling_lock:
                     self._settling[rel] = (current, time.monotonic())
@@ -243,7 +282,7 @@ class FolderSource(FileSystemEventHandler):
             try:
                 self.sink.deliver(self.name, batch)
             except errors.TemporaryError as exc:
-                # Keep them: put them back and try again on the next flush.
+                # Keep them: put them back and try again on the next tick.
                 for event in batch:
                     self._queue.put(event)
                 log.warning("folder_flush_retry", dataset=self.location.name, error=str(exc))
@@ -270,7 +309,7 @@ class FolderSource(FileSystemEventHandler):
         known = (i for i in self.sink.journal.inventory(self.location.name) if i.key not in young)
         differences = list(reconciling.diff(listing, known))
         counts: dict[str, dict[str, int]] = {}
-        for difference in differences:
+        for difference in differences if self._counting else ():
             if difference.item is events.ItemKind.LABEL and difference.kind is not events.ChangeKind.DELETED:
                 try:
                     text = (self.root / difference.key).read_text(encoding="utf-8", errors="replace")
@@ -299,13 +338,64 @@ class FolderSource(FileSystemEventHandler):
             )
         return dataclasses.replace(result, seconds=seconds)
 
+    def note_rules(self) -> None:
+        """Take in whether a rule uses class counts now; when one starts to, fill in the counts of the label
+        files journaled unread (a few thousand per tick, after the flush)."""
+        counting = self.counts_needed()
+        if counting and not self._counting:
+            self._backfill = True
+        self._counting = counting
+
+    def count_labels(self, limit: int = COUNT_LABELS_PER_TICK) -> int:
+        """Read label files whose class counts are unknown and store them. Returns how many were stored."""
+        journal = self.sink.journal
+        found: list[tuple[str, str, dict[str, int]]] = []
+        for key, version in journal.labels_without_counts(self.location.name, limit=limit):
+            path = self.root / key
+            try:
+                if path.stat().st_size > MAX_LABEL_BYTES:
+                    counts: dict[str, int] = {}
+                else:
+                    counts = labels.class_counts(path.read_text(encoding="utf-8", errors="replace"))
+            except OSError:
+                counts = {}  # gone since: its delete event or the next rescan tells
+            found.append((key, version, counts))
+        if len(found) < limit:
+            self._backfill = False
+        return journal.set_class_counts(self.location.name, found)
+
+    def _await_tick(self, tick_s: float) -> None:
+        """Journal events as they are queued until the next tick is due (or the source stops)."""
+        due = time.monotonic() + tick_s
+        while not self._stopping.is_set():
+            left = due - time.monotonic()
+            if left <= 0 or not self._queued.wait(left):
+                return
+            self._queued.clear()  # before the flush: what is queued during it wakes the next round
+            self.flush()
+            if not self._queue.empty():  # the journal refused a batch: retry on the tick, do not spin
+                self._stopping.wait(max(due - time.monotonic(), 0))
+                return
+
     def _background(self) -> None:
         next_rescan = time.monotonic() + self.rescan_interval_s
         last_rescan = time.monotonic()
-        while not self._stopping.wait(min(self.poll_interval_s, 0.2)):
+        tick_s = min(self.poll_interval_s, 0.2)
+        while True:
             try:
+                self._await_tick(tick_s)
+            except Exception as exc:  # the flush's own failures are logged by it; anything else is a bug
+                log.exception("folder_source_crashed", dataset=self.location.name)
+                self.sink.board.update(self.name, last_error=str(exc))
+                self._stopping.wait(tick_s)
+            if self._stopping.is_set():
+                return
+            try:
+                self.note_rules()
                 self.check_settled()
                 self.flush()
+                if self._backfill:
+                    self.count_labels()
                 if self._overflowed.is_set():
                     # inotify dropped events: a gap, which the rescan below closes.
                     log.warning("folder_rescan_after_overflow", dataset=self.location.name)
@@ -344,10 +434,17 @@ class FolderSource(FileSystemEventHandler):
                 "the volume mount"
             )
         logging.getLogger("watchdog").addHandler(self._alarm)
-        observer = PollingObserver(timeout=self.poll_interval_s) if self.polling else Observer()
-        observer.schedule(self, str(self.root), recursive=True)
+        observer: BaseObserver
+        if self.polling:
+            observer = PollingObserver(timeout=self.poll_interval_s)
+            observer.schedule(self, str(self.root), recursive=True)
+        else:
+            observer = Observer()
+            observer.schedule(self, str(self.root), recursive=True, event_filter=INOTIFY_EVENTS)
         observer.start()
         self._observer = observer
+        self._counting = self.counts_needed()
+        self._backfill = self._counting  # label files journaled unread before this start
         try:
             self.rescan()
         except BaseException:
@@ -360,6 +457,7 @@ class FolderSource(FileSystemEventHandler):
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stopping.set()
+        self._queued.set()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout_s)

@@ -197,3 +197,48 @@ def test_a_missing_folder_is_a_clear_error_and_is_not_created(tmp_path: Path, jo
     with pytest.raises(errors.PermanentError, match="dataset folder .*not-mounted of forklifts does not exist"):
         source.start()
     assert not (tmp_path / "not-mounted").exists()
+
+
+def test_a_hard_link_appearing_without_a_close_counts_once_settled(
+    tmp_path: Path, journal: sqlite.SqliteJournal
+) -> None:
+    """A hard link makes a file appear with no write and no close (inotify sends IN_CREATE alone): it counts
+    once its size and modification time have stayed the same for the settle time."""
+    root = tmp_path / "forklifts"
+    (root / "labels" / "train").mkdir(parents=True)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("0 0.5 0.5 0.1 0.1\n")
+    source = make_source(root, journal, rescan_interval_s=3600.0, settle_s=0.5)
+    source.start()
+    try:
+        os.link(outside, root / "labels" / "train" / "linked.txt")
+        assert wait_for(lambda: keys(journal) == ["labels/train/linked.txt"], timeout_s=20)
+        stays(lambda: journal.event_count() == 1, 1.5, "counted once")
+        assert by_source(journal) == {"folder": 1}  # from the settle check, not a rescan
+    finally:
+        source.stop()
+
+
+def test_label_files_are_read_only_while_a_rule_uses_class_counts(
+    tmp_path: Path, journal: sqlite.SqliteJournal
+) -> None:
+    """Reading every label file as it arrives is the burst's largest cost: with no rule using class counts
+    the files are journaled unread; once one does, the counts of those already there are filled in."""
+    root = tmp_path / "forklifts"
+    folder = root / "labels" / "train"
+    folder.mkdir(parents=True)
+    needed = False
+    source = make_source(root, journal, rescan_interval_s=3600.0, counts_needed=lambda: needed)
+    source.start()
+    try:
+        for i in range(3):
+            (folder / f"{i}.txt").write_text("2 0.5 0.5 0.1 0.1\n2 0.1 0.1 0.1 0.1\n")
+        assert wait_for(lambda: len(keys(journal)) == 3)
+        stays(lambda: len(journal.labels_without_counts("forklifts", limit=10)) == 3, 0.5, "no label file read")
+        needed = True
+        assert wait_for(lambda: journal.labels_without_counts("forklifts", limit=10) == [])
+        with journal.database.reading() as db:
+            counts = [row[0] for row in db.execute("SELECT class_counts FROM inventory ORDER BY key")]
+        assert counts == ['{"2": 2}'] * 3
+    finally:
+        source.stop()
