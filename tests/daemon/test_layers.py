@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,52 @@ def test_retrain_up_launches_and_records_a_run_without_kfp_or_mlflow(tmp_path: P
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "LOADED []" in result.stdout
+
+
+def test_retrain_up_idles_without_kfp_mlflow_or_torch_imported(tmp_path: Path) -> None:
+    """``retrain up`` itself (the laptop defaults: kfp.local, MLflow on SQLite) with rules in force, data
+    journaled, decisions taken and every HTTP page served: Python's own import log (PYTHONPROFILEIMPORTTIME)
+    shows that kfp, MLflow and torch were never imported; they load when a run or a drift check needs them."""
+    import httpx
+
+    from tests.support import processes
+    from tests.support.waiting import wait_until
+
+    (tmp_path / "rules").mkdir()
+    for index in range(3):
+        data = tmp_path / f"data{index}"
+        (data / "labels" / "train").mkdir(parents=True)
+        (tmp_path / "rules" / f"rule{index}.yaml").write_text(
+            f"name: idle{index}\ndataset: {{source: 'file://{data}'}}\nmodel: {{registered_name: idle-{index}}}\n"
+            "triggers: [{new_labels: {min_new_labels: 1000, min_per_class: {'0': 5}}},"
+            " {schedule: {cron: '0 3 1 1 *'}}]\n"
+        )
+    daemon = processes.Daemon(tmp_path)
+    daemon.env["PYTHONPROFILEIMPORTTIME"] = "1"
+    daemon.start()
+    try:
+        daemon.wait_started()
+        url = daemon.url()
+        for index in range(3):
+            for n in range(20):
+                (tmp_path / f"data{index}" / "labels" / "train" / f"{n}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+        journal = daemon.journal()
+        try:
+            wait_until(lambda: journal.event_count() == 60, 60, "the label files to be journaled")
+        finally:
+            journal.close()
+        pages = ["/healthz", "/readyz", "/metrics", "/", "/api/v1/dashboard", "/api/v1/models/idle-0/history"]
+        pages += [f"/api/v1/{name}" for name in ("status", "rules", "decisions", "runs", "champions", "sources")]
+        for page in pages:
+            assert httpx.get(url + page, timeout=30).status_code == 200, page
+        time.sleep(3)  # a few loop passes with nothing to do
+    finally:
+        assert daemon.terminate() == 0, daemon.log_tail()
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in (tmp_path / "daemon-1.log").read_text(errors="replace").splitlines()
+        if line.startswith("import time:")
+    }
+    assert "daemon.reactor" in imported  # the import log is there to read
+    loaded = sorted(name for name in imported if name.split(".")[0] in {"kfp", "mlflow", "torch", "ultralytics"})
+    assert loaded == []
