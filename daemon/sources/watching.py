@@ -384,7 +384,11 @@ class FolderSource(FileSystemEventHandler):
         while True:
             try:
                 self._await_tick(tick_s)
-            except Exception as exc:  # the flush's own failures are logged by it; anything else is a bug
+            except errors.RetrainError as exc:  # a journal that refuses for good: said, and tried each tick
+                log.warning("folder_source_error", dataset=self.location.name, error=str(exc))
+                self.sink.board.update(self.name, last_error=str(exc))
+                self._stopping.wait(tick_s)
+            except Exception as exc:  # a bug: logged with its traceback, and watching goes on
                 log.exception("folder_source_crashed", dataset=self.location.name)
                 self.sink.board.update(self.name, last_error=str(exc))
                 self._stopping.wait(tick_s)
