@@ -28,59 +28,17 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers import Observer
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.polling import PollingObserver
 
 from daemon import errors, logs
-from daemon.engine import labels
 from daemon.model import events
-from daemon.sources import base, datasets, folders, reconciling
+from daemon.sources import base, datasets, folders, observing, reconciling, settling
 
 log = logs.get_logger(__name__)
 
 #: Events journaled per transaction by the flusher.
 FLUSH_BATCH = 1000
-#: Largest label file read for class counts.
-MAX_LABEL_BYTES = 1_048_576
-#: Label files whose class counts are filled in per background tick, once a rule starts using them.
-COUNT_LABELS_PER_TICK = 2000
-#: The inotify events the folder needs (watchdog narrows the kernel's watch mask to them). Left out:
-#: modifications (a write is followed by its close, and the settle check compares size and modification
-#: time itself), opens and read-only closes (the daemon's own reads of label files would come back as
-#: events, two per file).
-INOTIFY_EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent,
-    FileClosedEvent,
-    FileMovedEvent,
-    FileDeletedEvent,
-    DirCreatedEvent,
-    DirMovedEvent,
-    DirDeletedEvent,
-]
-
-
-class _OverflowAlarm(logging.Handler):
-    """watchdog logs an inotify queue overflow and tells no handler: turn the log line into a rescan."""
-
-    def __init__(self, on_overflow: threading.Event) -> None:
-        super().__init__(level=logging.WARNING)
-        self.on_overflow = on_overflow
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "overflow" in record.getMessage().lower():
-            self.on_overflow.set()
 
 
 class FolderSource(FileSystemEventHandler):
@@ -121,15 +79,11 @@ class FolderSource(FileSystemEventHandler):
         self.poll_interval_s = poll_interval_s
         self.rescan_interval_s = rescan_interval_s
         self.settle_s = settle_s
-        self.counts_needed = counts_needed
-        self._counting = False  # counts_needed() as of the last background tick: callbacks read only this
-        self._backfill = False
+        self.counter = folders.LabelCounter(location.path, location.name, counts_needed)
         self.name = f"folder:{location.name}"
         self._queue: queue.Queue[events.SourceEvent] = queue.Queue()
         self._queued = threading.Event()  # set when the callbacks queue an event: wakes the background thread
-        # key -> (version when last seen, or None before the settle check looked; since when unchanged)
-        self._settling: dict[str, tuple[str | None, float]] = {}
-        self._settling_lock = threading.Lock()
+        self._settling = settling.Settling(settle_s)
         self._stopping = threading.Event()
         self._rescan_now = threading.Event()
         self._overflowed = threading.Event()
@@ -138,7 +92,7 @@ class FolderSource(FileSystemEventHandler):
         """Why the folder cannot be watched any more (it vanished: a volume unmounted); None while it can."""
         self._observer: BaseObserver | None = None
         self._threads: list[threading.Thread] = []
-        self._alarm = _OverflowAlarm(self._overflowed)
+        self._alarm = observing.OverflowAlarm(self._overflowed)
 
     # --- turning files into events ----------------------------------------------------------------
     def _relative(self, path: str | bytes) -> str | None:
@@ -162,8 +116,8 @@ class FolderSource(FileSystemEventHandler):
         try:
             stat = path.stat()
             counts = None
-            if self._counting and item is events.ItemKind.LABEL and stat.st_size <= MAX_LABEL_BYTES:
-                counts = labels.class_counts(path.read_text(encoding="utf-8", errors="replace"))
+            if self.counter.counting and item is events.ItemKind.LABEL:
+                counts = folders.class_counts(path, size=stat.st_size)
         except OSError:
             return None  # gone again; a delete event or the next rescan tells
         return events.SourceEvent(
@@ -182,8 +136,7 @@ class FolderSource(FileSystemEventHandler):
         rel = self._relative(path)
         if rel is None:
             return
-        with self._settling_lock:
-            self._settling.pop(rel, None)
+        self._settling.forget(rel)
         event = self._event_for(rel, source=events.Source.FOLDER)
         if event is not None:
             self._queue.put(event)
@@ -191,13 +144,11 @@ class FolderSource(FileSystemEventHandler):
 
     def _maybe_complete(self, path: str | bytes) -> None:
         """A file appeared (or, with the polling observer, changed): count it once it has settled, unless its
-        close comes first. Nothing is read here: nearly every file is closed a moment later, and the settle
-        check takes the first look at its size and modification time."""
+        close comes first."""
         rel = self._relative(path)
         if rel is None or self.location.classify(rel) is events.ItemKind.OTHER:
             return
-        with self._settling_lock:
-            self._settling[rel] = (None, time.monotonic())
+        self._settling.add(rel)
 
     # --- watchdog callbacks (observer thread) -----------------------------------------------------
     def on_closed(self, event: FileSystemEvent) -> None:
@@ -228,8 +179,7 @@ class FolderSource(FileSystemEventHandler):
         rel = self._relative(event.src_path)
         if rel is None or self.location.classify(rel) is events.ItemKind.OTHER:
             return
-        with self._settling_lock:
-            self._settling.pop(rel, None)
+        self._settling.forget(rel)
         self._queue.put(
             events.SourceEvent(
                 source=events.Source.FOLDER,
@@ -246,26 +196,15 @@ class FolderSource(FileSystemEventHandler):
 
     # --- settling, flushing, rescanning (own threads) ---------------------------------------------
     def check_settled(self) -> None:
-        """Count files that stayed unchanged for ``settle_s``.
+        """Count files that stayed unchanged for ``settle_s`` (see :class:`~daemon.sources.settling.Settling`)."""
+        for rel in self._settling.settled(self._version_now):
+            self._complete(self._prefix + rel)
 
-        A file's first look (its size and modification time) comes ``settle_s`` after the event that put it
-        here; it counts once a later look, ``settle_s`` on, finds them the same.
-        """
-        now = time.monotonic()
-        with self._settling_lock:
-            candidates = [(rel, v) for rel, (v, since) in self._settling.items() if now - since >= self.settle_s]
-        for rel, version in candidates:
-            try:
-                current = folders.version_of((self.root / rel).stat())
-            except OSError:
-                with self._settling_lock:
-                    self._settling.pop(rel, None)
-                continue
-            if current == version:
-                self._complete(self._prefix + rel)
-            else:
-                with self._settling_lock:
-                    self._settling[rel] = (current, time.monotonic())
+    def _version_now(self, rel: str) -> str | None:
+        try:
+            return folders.version_of((self.root / rel).stat())
+        except OSError:
+            return None
 
     def flush(self) -> int:
         """Journal what the callbacks queued, in batches. Returns how many events were delivered."""
@@ -303,19 +242,14 @@ class FolderSource(FileSystemEventHandler):
                 "marked deleted"
             )
         self.flush()
-        listing, young = folders.walk(self.root, self.location, young_after=time.time() - self.settle_s)
-        self._young_seen = bool(young)  # files still being written: look again once they settle
-        # Young files are neither new nor gone: leave them out of both sides of the comparison.
-        known = (i for i in self.sink.journal.inventory(self.location.name) if i.key not in young)
-        differences = list(reconciling.diff(listing, known))
-        counts: dict[str, dict[str, int]] = {}
-        for difference in differences if self._counting else ():
-            if difference.item is events.ItemKind.LABEL and difference.kind is not events.ChangeKind.DELETED:
-                try:
-                    text = (self.root / difference.key).read_text(encoding="utf-8", errors="replace")
-                except OSError:
-                    continue
-                counts[difference.key] = labels.class_counts(text)
+        differences, counts, young = folders.compare(
+            self.root,
+            self.location,
+            self.sink.journal.inventory(self.location.name),
+            young_after=time.time() - self.settle_s,
+            counting=self.counter.counting,
+        )
+        self._young_seen = young  # files still being written: look again once they settle
         result = reconciling.apply(
             differences,
             location=self.location,
@@ -337,32 +271,6 @@ class FolderSource(FileSystemEventHandler):
                 seconds=round(seconds, 3),
             )
         return dataclasses.replace(result, seconds=seconds)
-
-    def note_rules(self) -> None:
-        """Take in whether a rule uses class counts now; when one starts to, fill in the counts of the label
-        files journaled unread (a few thousand per tick, after the flush)."""
-        counting = self.counts_needed()
-        if counting and not self._counting:
-            self._backfill = True
-        self._counting = counting
-
-    def count_labels(self, limit: int = COUNT_LABELS_PER_TICK) -> int:
-        """Read label files whose class counts are unknown and store them. Returns how many were stored."""
-        journal = self.sink.journal
-        found: list[tuple[str, str, dict[str, int]]] = []
-        for key, version in journal.labels_without_counts(self.location.name, limit=limit):
-            path = self.root / key
-            try:
-                if path.stat().st_size > MAX_LABEL_BYTES:
-                    counts: dict[str, int] = {}
-                else:
-                    counts = labels.class_counts(path.read_text(encoding="utf-8", errors="replace"))
-            except OSError:
-                counts = {}  # gone since: its delete event or the next rescan tells
-            found.append((key, version, counts))
-        if len(found) < limit:
-            self._backfill = False
-        return journal.set_class_counts(self.location.name, found)
 
     def _await_tick(self, tick_s: float) -> None:
         """Journal events as they are queued until the next tick is due (or the source stops)."""
@@ -395,11 +303,11 @@ class FolderSource(FileSystemEventHandler):
             if self._stopping.is_set():
                 return
             try:
-                self.note_rules()
+                self.counter.refresh()
                 self.check_settled()
-                self.flush()
-                if self._backfill:
-                    self.count_labels()
+                self.flush()  # first: what the callbacks read unread is in the journal before catching up
+                if self.counter.behind:
+                    self.counter.catch_up(self.sink.journal)
                 if self._overflowed.is_set():
                     # inotify dropped events: a gap, which the rescan below closes.
                     log.warning("folder_rescan_after_overflow", dataset=self.location.name)
@@ -438,17 +346,9 @@ class FolderSource(FileSystemEventHandler):
                 "the volume mount"
             )
         logging.getLogger("watchdog").addHandler(self._alarm)
-        observer: BaseObserver
-        if self.polling:
-            observer = PollingObserver(timeout=self.poll_interval_s)
-            observer.schedule(self, str(self.root), recursive=True)
-        else:
-            observer = Observer()
-            observer.schedule(self, str(self.root), recursive=True, event_filter=INOTIFY_EVENTS)
+        observer = observing.observer_for(self, self.root, polling=self.polling, poll_interval_s=self.poll_interval_s)
         observer.start()
         self._observer = observer
-        self._counting = self.counts_needed()
-        self._backfill = self._counting  # label files journaled unread before this start
         try:
             self.rescan()
         except BaseException:
