@@ -97,6 +97,13 @@ class Bench:
         self.thread.start()
         assert self.daemon.started.wait(30), "the daemon did not start"
 
+    def settle(self, timeout_s: float = 60.0) -> None:
+        """Wait until no run is active, so that the next trial does not wait on the concurrency limit."""
+        deadline = time.monotonic() + timeout_s
+        while self.daemon.journal.runs(states=runs.ACTIVE, limit=1):
+            assert time.monotonic() < deadline, "the last run was not recorded as ended"
+            time.sleep(0.01)
+
     def stop(self) -> None:
         self.daemon.stop()
         self.thread.join(30)
@@ -109,6 +116,7 @@ def folder_trials(root: Path, trials: int) -> list[float]:
     latencies = []
     try:
         for trial in range(trials + 1):  # the first is a warm-up (imports on the first launch)
+            bench.settle()
             with (data / "labels" / "train" / f"{trial:05d}.txt").open("wb") as label:
                 label.write(LABEL)
             landed = time.monotonic()
@@ -144,6 +152,7 @@ def s3_trials(root: Path, trials: int, *, via: str, uploads: list[float]) -> lis
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{bench.daemon.http_port}") as http:
             for trial in range(trials + 1):
+                bench.settle()
                 key = f"latency/labels/train/{trial:05d}.txt"
                 landed = time.monotonic()
                 put = client.put_object("datasets", key, BytesIO(LABEL), len(LABEL))

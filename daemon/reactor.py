@@ -44,7 +44,7 @@ from daemon.sources import drifting, scheduling
 log = logs.get_logger(__name__)
 
 #: The shortest time between two loop passes, in seconds, when events wake the loop early.
-MIN_PASS_GAP_S = 0.05
+MIN_PASS_GAP_S = 0.01
 #: Seconds between two passes of the notifier (deliveries due, sources down, refused rule files).
 NOTIFY_INTERVAL_S = 2.0
 #: A reconcile pass is followed by at least this many times its own duration before the next one (a bucket
@@ -54,6 +54,16 @@ RECONCILE_STRETCH = 3.0
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def pass_delay(*, since_last_pass_s: float, took_s: float) -> float:
+    """Seconds to wait, once woken, before the next loop pass: what is left of the gap after the last pass.
+
+    The gap is as long as that pass (at least :data:`MIN_PASS_GAP_S`), counted from its end, so a label
+    that lands on a quiet daemon is decided on at once, while a burst of deliveries is taken in a few
+    passes and the loop never holds the journal more than half the time.
+    """
+    return max(0.0, max(MIN_PASS_GAP_S, took_s) - since_last_pass_s)
 
 
 class Reactor:
@@ -208,13 +218,12 @@ class Reactor:
                 took = time.monotonic() - began
                 if self.supervisor.reconcile_requested.is_set():
                     self.workers["reconcile"].wake()
-                # A tick, or less when new events arrive: a label that lands is decided on at once (after a
-                # short gap, so that a burst of deliveries is taken in a few passes, not one per batch; a gap
-                # as long as the pass itself, so the loop never holds the journal more than half the time
-                # while the sources are writing a burst into it).
+                # A tick, or less when new events arrive: woken by a source's commit, the next pass starts
+                # once the gap after this one is over (at once after a quiet spell).
+                ended = time.monotonic()
                 self._wake.wait(self.tick_s)
                 self._wake.clear()
-                self._stopping.wait(max(MIN_PASS_GAP_S, took))
+                self._stopping.wait(pass_delay(since_last_pass_s=time.monotonic() - ended, took_s=took))
         finally:
             self.shutdown()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from daemon.runtime import working
 from tests.support.waiting import wait_until
 
@@ -40,3 +42,15 @@ def test_without_a_stretch_the_interval_alone_counts() -> None:
     worker = working.Worker(name="tracking", work=lambda: time.sleep(0.2) or done.set(), interval_s=0.05)
     worker.run_once()
     assert done.is_set() and worker.last_duration_s >= 0.2 and worker.wait_s() == 0.05
+
+
+def test_the_loop_passes_at_once_when_woken_after_a_quiet_spell_and_keeps_its_gap_in_a_burst() -> None:
+    from daemon import reactor
+
+    gap = reactor.MIN_PASS_GAP_S
+    # Woken long after the last pass (a webhook on an idle daemon): no wait at all.
+    assert reactor.pass_delay(since_last_pass_s=1.0, took_s=0.002) == 0.0
+    # Woken right after a pass (a burst of deliveries): the rest of the gap, then the next pass.
+    assert reactor.pass_delay(since_last_pass_s=0.01, took_s=0.002) == pytest.approx(gap - 0.01)
+    # A long pass: the gap is as long as the pass, counted from its end.
+    assert reactor.pass_delay(since_last_pass_s=0.1, took_s=0.5) == pytest.approx(0.4)
