@@ -11,8 +11,8 @@ stops them; the work itself lives in :mod:`daemon.runtime`.
    alone (the next start re-attaches), exit within ``shutdown.timeout_s``.
 
 Workers (each a thread, :mod:`daemon.runtime.working`): launching, tracking, drift checks, the source
-supervisor and the S3 reconciles. Every failure becomes a log line and, where it concerns a run, a journaled
-outcome; only a stop ends the loop.
+supervisor, the S3 reconciles and the reading of S3 label files' class counts (woken by every delivery).
+Every failure becomes a log line and, where it concerns a run, a journaled outcome; only a stop ends the loop.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ log = logs.get_logger(__name__)
 MIN_PASS_GAP_S = 0.01
 #: Seconds between two passes of the notifier (deliveries due, sources down, refused rule files).
 NOTIFY_INTERVAL_S = 2.0
+#: Seconds between two passes of the label-counting worker when no delivery wakes it.
+COUNTING_INTERVAL_S = 30.0
 #: A reconcile pass is followed by at least this many times its own duration before the next one (a bucket
 #: that takes 10 minutes to list is listed at most a quarter of the time, whatever the interval).
 RECONCILE_STRETCH = 3.0
@@ -94,9 +96,7 @@ class Reactor:
         self._wake = threading.Event()
         self.started = threading.Event()
         """Set once the daemon runs (HTTP served, first scans done, workers started)."""
-        self.parts = parts = wiring.build(
-            config, clock=clock, environ=environ, on_new=self._wake.set, launcher=launcher
-        )
+        self.parts = parts = wiring.build(config, clock=clock, environ=environ, on_new=self._on_new, launcher=launcher)
         self.journal, self.rulebook, self.launcher = parts.journal, parts.rulebook, parts.launcher
         self.supervisor = supervising.SourceSupervisor(config=config, sink=parts.sink, store=parts.store, clock=clock)
         loaded = parts.rulebook.in_force
@@ -152,6 +152,7 @@ class Reactor:
                 ("drift", lambda: drift.run_due(self.rule_map()), 5.0),
                 ("sources", self.supervisor.work, config.sources.unwatched_retry_s),
                 ("reconcile", self.supervisor.reconcile, config.sources.reconcile_interval_s),
+                ("counting", lambda: self.supervisor.count_labels(stopping=self._stopping.is_set), COUNTING_INTERVAL_S),
                 ("notify", self.notifier.work, NOTIFY_INTERVAL_S),
                 ("prune", self.pruner.work, config.journal.prune_interval_s),
             )
@@ -169,6 +170,13 @@ class Reactor:
             context=serving.context(config, parts, self.supervisor.locations),
             webhook_on=bool(config.sources.webhook_token),
         )
+
+    def _on_new(self) -> None:
+        """A source journaled new events: the loop decides on them, the counting worker reads new labels."""
+        self._wake.set()
+        counting = getattr(self, "workers", {}).get("counting")
+        if counting is not None:
+            counting.wake()
 
     def rule_map(self) -> dict[str, rules.Rule]:
         """The rules in force, by name."""
@@ -233,6 +241,7 @@ class Reactor:
             self.triggering.adopt_renames(rule_map)
             self.supervisor.sync(rule_map)
             self.workers["sources"].wake()
+            self.workers["counting"].wake()  # a rule that starts using class counts has them read now
 
     def step(self) -> None:
         """One pass of the loop; never raises for a bad rule, a source or a run."""

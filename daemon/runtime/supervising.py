@@ -14,14 +14,17 @@ worker does the rest, away from the loop:
   ``sources.unwatched_retry_s``, so a volume mounted later is picked up without a rule edit;
 - sources of datasets no rule names any more are stopped.
 
-Reconciles run in their own worker, every ``sources.reconcile_interval_s`` and after every listen gap.
+Reconciles run in their own worker, every ``sources.reconcile_interval_s`` and after every listen gap. The
+class counts of S3 label files a rule needs are read by a third worker (:meth:`SourceSupervisor.count_labels`),
+woken by every delivery, so a label notified by the webhook or a listen stream is counted within moments, not
+at the next reconcile.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from daemon import errors, logs, settings
 from daemon.journal import base as journal_base
@@ -222,6 +225,26 @@ class SourceSupervisor:
                 if name in self._first_scan:
                     self._first_scan.discard(name)
                     self._watched(name, reconciler.location)
+
+    # --- the counting worker's pass ---------------------------------------------------------------------
+    def count_labels(self, *, stopping: Callable[[], bool] = lambda: False) -> int:
+        """Read the class counts of the S3 label files not yet counted, for the datasets whose rules use
+        them, until none is left (or a stop). Returns how many were stored."""
+        stored = 0
+        for name, reconciler in list(self.reconcilers.items()):
+            if not self.counts_needed(name):
+                continue
+            with logs.bound(dataset=name):
+                while not stopping():
+                    try:
+                        found, done = reconciler.count_labels()
+                    except errors.RetrainError as exc:
+                        log.warning("label_counting_failed", error=str(exc), action="retry at the next delivery")
+                        break
+                    stored += done
+                    if found < reconciling.COUNT_LABELS_PER_PASS:
+                        break
+        return stored
 
     def stop(self, *, deadline: float) -> None:
         for folder in self.folders.values():

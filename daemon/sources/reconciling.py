@@ -11,11 +11,15 @@ when the listing has gone past it without seeing it.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from daemon import errors, logs
 from daemon.engine import labels
@@ -25,6 +29,8 @@ from daemon.sources import base, datasets, s3
 
 log = logs.get_logger(__name__)
 
+T = TypeVar("T")
+
 #: Events journaled per transaction while reconciling.
 BATCH = 500
 #: Label files read for class counts per pass.
@@ -32,6 +38,9 @@ COUNT_LABELS_PER_PASS = 2000
 #: Label files read at the same time (S3 answers each GET in about a millisecond; one after the other, a
 #: first pass over 100k labels spent most of its time waiting).
 READERS = 16
+#: Batches of differences whose label files are being read while the listing goes on (memory stays bounded
+#: by these batches, whatever the bucket's size).
+AHEAD = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +69,27 @@ class ReconcileResult:
     deleted: int = 0
     seconds: float = 0.0
     new_events: int = 0
+
+    def __add__(self, other: ReconcileResult) -> ReconcileResult:
+        return ReconcileResult(
+            created=self.created + other.created,
+            changed=self.changed + other.changed,
+            deleted=self.deleted + other.deleted,
+            seconds=self.seconds + other.seconds,
+            new_events=self.new_events + other.new_events,
+        )
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter)."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def diff(listing: Iterable[Listed], inventory: Iterable[journal_base.InventoryItem]) -> Iterator[Difference]:
@@ -99,7 +129,7 @@ def apply(
     source_name: str,
     source: events.Source,
     now: datetime,
-    class_counts: dict[str, dict[str, int]] | None = None,
+    class_counts: Mapping[str, dict[str, int] | None] | None = None,
 ) -> ReconcileResult:
     """Journal differences as events, ``BATCH`` per transaction."""
     counts = {"created": 0, "changed": 0, "deleted": 0}
@@ -125,6 +155,44 @@ def apply(
             batch = []
     new += sink.deliver(source_name, batch).new
     return ReconcileResult(new_events=new, **counts)
+
+
+def prefetched(objects: Iterator[s3.ObjectInfo], *, name: str) -> Iterator[list[s3.ObjectInfo]]:
+    """The listing in pages of ``s3.PAGE`` objects, fetched by a thread up to ``AHEAD`` pages ahead: the next
+    page's request is answered while this one is merged with the inventory. The listing's errors are raised
+    here, in order; closing the iterator early stops the thread."""
+    pages: queue.Queue[list[s3.ObjectInfo] | BaseException | None] = queue.Queue(maxsize=AHEAD)
+    closed = threading.Event()
+
+    def offer(item: list[s3.ObjectInfo] | BaseException | None) -> bool:
+        while not closed.is_set():
+            try:
+                pages.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def fetch() -> None:
+        try:
+            for page in batched(objects, s3.PAGE):
+                if not offer(page):
+                    return
+        except BaseException as exc:  # handed over to the consumer, which raises it
+            offer(exc)
+            return
+        offer(None)
+
+    thread = threading.Thread(target=fetch, name=f"listing:{name}", daemon=True)
+    thread.start()
+    try:
+        while (item := pages.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        closed.set()
+        thread.join()
 
 
 class S3Reconciler:
@@ -157,14 +225,15 @@ class S3Reconciler:
         self.counts_needed = counts_needed
 
     def _listing(self) -> Iterator[Listed]:
-        for obj in self.store.list(self.bucket, self.location.prefix):
-            rel = self.location.relative(obj.key)
-            if rel is None:
-                continue
-            item = self.location.classify(rel)
-            if item is events.ItemKind.OTHER:
-                continue
-            yield Listed(key=rel, version=obj.etag, size=obj.size, item=item)
+        for page in prefetched(self.store.list(self.bucket, self.location.prefix), name=self.name):
+            for obj in page:
+                rel = self.location.relative(obj.key)
+                if rel is None:
+                    continue
+                item = self.location.classify(rel)
+                if item is events.ItemKind.OTHER:
+                    continue
+                yield Listed(key=rel, version=obj.etag, size=obj.size, item=item)
 
     def run_once(self) -> ReconcileResult:
         """One full pass. Raises :class:`~daemon.errors.TemporaryError` if S3 is unreachable (nothing is lost:
@@ -172,16 +241,7 @@ class S3Reconciler:
         started = time.monotonic()
         board = self.sink.board
         try:
-            result = apply(
-                diff(self._listing(), self.sink.journal.inventory(self.location.name)),
-                location=self.location,
-                sink=self.sink,
-                source_name=self.name,
-                source=events.Source.S3_RECONCILE,
-                now=self.clock(),
-            )
-            if self.counts_needed():
-                self.count_labels()
+            result = self._journal(diff(self._listing(), self.sink.journal.inventory(self.location.name)))
         except errors.RetrainError as exc:
             board.update(self.name, connected=False, last_error=str(exc))
             board.add(self.name, gaps=1)
@@ -208,13 +268,61 @@ class S3Reconciler:
             seconds=seconds,
         )
 
-    def count_labels(self, limit: int = COUNT_LABELS_PER_PASS) -> int:
-        """Read label files whose class counts are unknown, ``READERS`` at a time, and store their counts in
-        one transaction (bounded per pass). Returns how many were stored."""
+    def _journal(self, differences: Iterable[Difference]) -> ReconcileResult:
+        """Journal the differences; while a rule uses class counts, the label files created or changed are
+        read ``READERS`` at a time as the listing goes on, and their events carry the counts."""
+        if not self.counts_needed():
+            return self._apply(differences, {})
+        result = ReconcileResult()
+        pending: deque[tuple[list[Difference], dict[str, Future[dict[str, int] | None]]]] = deque()
+        with ThreadPoolExecutor(max_workers=READERS, thread_name_prefix=f"labels:{self.location.name}") as pool:
+            try:
+                for batch in batched(differences, BATCH):
+                    reads = {
+                        found.key: pool.submit(self._read_counts, found.key)
+                        for found in batch
+                        if found.item is events.ItemKind.LABEL and found.kind is not events.ChangeKind.DELETED
+                    }
+                    pending.append((batch, reads))
+                    if len(pending) > AHEAD:
+                        result += self._apply(*pending.popleft())
+            finally:  # a listing that fails half-way: what it found is journaled all the same
+                while pending:
+                    result += self._apply(*pending.popleft())
+        return result
+
+    def _apply(
+        self, differences: Iterable[Difference], reads: Mapping[str, Future[dict[str, int] | None]]
+    ) -> ReconcileResult:
+        return apply(
+            differences,
+            location=self.location,
+            sink=self.sink,
+            source_name=self.name,
+            source=events.Source.S3_RECONCILE,
+            now=self.clock(),
+            class_counts={key: read.result() for key, read in reads.items()},
+        )
+
+    def _read_counts(self, key: str) -> dict[str, int] | None:
+        """One label file's class counts, read during a pass; None when S3 did not answer (the counting worker
+        reads it later)."""
+        try:
+            return self._counted(key, "")[2]
+        except errors.RetrainError as exc:
+            log.info("label_not_read", dataset=self.location.name, key=key, error=str(exc), action="counted later")
+            return None
+
+    def count_labels(self, limit: int = COUNT_LABELS_PER_PASS) -> tuple[int, int]:
+        """Read up to ``limit`` label files whose class counts are unknown, ``READERS`` at a time, and store
+        their counts in one transaction. Returns how many were found to read and how many were stored (a file
+        changed meanwhile keeps none: its new version is read next time)."""
         wanted = self.sink.journal.labels_without_counts(self.location.name, limit=limit)
+        if not wanted:
+            return 0, 0
         with ThreadPoolExecutor(max_workers=READERS, thread_name_prefix=f"labels:{self.location.name}") as pool:
             found = list(pool.map(lambda pair: self._counted(*pair), wanted))
-        return self.sink.journal.set_class_counts(self.location.name, found)
+        return len(wanted), self.sink.journal.set_class_counts(self.location.name, found)
 
     def _counted(self, key: str, version: str) -> tuple[str, str, dict[str, int]]:
         """One label file's class counts; an unreadable one (gone, refused) counts as no boxes."""

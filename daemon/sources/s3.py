@@ -19,6 +19,8 @@ from minio.error import MinioException, S3Error
 
 from daemon import errors, settings
 
+#: Keys per ListObjectsV2 page (S3's maximum and default).
+PAGE = 1000
 #: Largest label file read for class counts; bigger files are not YOLO label files.
 MAX_LABEL_BYTES = 1_048_576
 

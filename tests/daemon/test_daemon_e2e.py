@@ -48,17 +48,13 @@ def test_batches_trigger_exactly_the_implied_runs_and_the_champion_moves_only_up
     rules_dir.mkdir()
     (rules_dir / "shapes.yaml").write_text(RULE.format(bucket=s3_bucket))
     config = settings.load(
-        environ={
-            "RETRAIN_SOURCES__S3__ACCESS_KEY": s3_server.access_key,
-            "RETRAIN_SOURCES__S3__SECRET_KEY": s3_server.secret_key,
-        },
+        environ=s3_server.daemon_env(),
         overrides=[
             f"journal.path={tmp_path / 'journal.db'}",
             f"rules.path={rules_dir}",
             f"mlflow.tracking_uri={mlflow_server.url}",
             f"kfp.local_pipeline_root={tmp_path / 'runs'}",
-            f"sources.s3.endpoint={s3_server.endpoint}",
-            "sources.s3.secure=false",
+            *s3_server.daemon_overrides(),
             "sources.reconcile_interval_s=1",
             "http.port=0",
         ],

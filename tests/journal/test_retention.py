@@ -131,6 +131,7 @@ def test_a_journal_of_schema_4_gets_its_event_total_counted_once(tmp_path: Path)
     journal.close()
     with contextlib.closing(sqlite3.connect(path)) as db:  # back to schema 4: no running total yet
         db.execute("DROP TABLE counters")
+        db.execute("DROP INDEX inventory_uncounted")  # schema 6
         db.execute("PRAGMA user_version = 4")
         db.commit()
     reopened = journal_sqlite.SqliteJournal(path)

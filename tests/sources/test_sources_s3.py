@@ -167,7 +167,7 @@ def test_label_files_are_read_only_for_rules_that_use_class_counts_then_many_at_
     assert len(journal.labels_without_counts("pets", limit=100)) == 40  # no rule needs them: not one GET
     needed = True  # a rule with min_per_class or class_drift arrived
     s3_server.client().remove_object(s3_bucket, "pets/labels/train/039.txt")  # gone before it is read
-    assert rec.count_labels() == 40
+    assert rec.count_labels() == (40, 40)
     assert journal.labels_without_counts("pets", limit=100) == []
     counts = journal.rule_state(make_rule(), now=now()).pending.class_counts
     assert dict(counts) == {"0": 20, "1": 19}  # the vanished file counts as no boxes
@@ -193,3 +193,64 @@ triggers:
     supervisor = supervising.SourceSupervisor(config=settings.load(environ={}), sink=sink, store=None, clock=now)
     supervisor.sync(found)
     assert {name: supervisor.counts_needed(name) for name in found} == {"plain": False, "classy": True, "drifty": True}
+
+
+def test_labels_notified_by_webhook_are_counted_without_waiting_for_a_reconcile(
+    s3_server: services.S3Server, s3_bucket: str, tmp_path: Path
+) -> None:
+    import httpx
+
+    from daemon import reactor
+    from tests.support import minio
+    from tests.support.waiting import wait_until
+
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    (rules_dir / "pets.yaml").write_text(
+        f"""name: pets
+dataset: {{source: "s3://{s3_bucket}/pets/"}}
+model: {{registered_name: pets-detector}}
+triggers:
+  - new_labels: {{min_new_labels: 100, min_per_class: {{'1': 100}}}}
+"""
+    )
+    config = settings.load(
+        environ=s3_server.daemon_env(),
+        overrides=[
+            f"journal.path={tmp_path / 'journal.db'}",
+            f"rules.path={rules_dir}",
+            *s3_server.daemon_overrides(),
+            "sources.reconcile_interval_s=3600",  # no reconcile comes to read them
+            f"sources.webhook_token={minio.TOKEN}",
+            "http.port=0",
+        ],
+    )
+    daemon = reactor.Reactor(config, dry_run=True)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        assert daemon.started.wait(30)
+        board = daemon.parts.board
+        wait_until(lambda: board.get("s3_reconcile:pets").last_reconcile_at is not None, 30, "the first reconcile")
+        client = s3_server.client()
+        objects = {}
+        for i in range(3):
+            key = f"pets/labels/train/{i}.txt"
+            put(s3_server, s3_bucket, key, b"1 0.5 0.5 0.1 0.1\n1 0.2 0.2 0.1 0.1\n")
+            stat = client.stat_object(s3_bucket, key)
+            objects[key] = (stat.etag, stat.size)
+        reply = httpx.post(
+            f"http://127.0.0.1:{daemon.http_port}/events/minio",
+            json=minio.body_of(objects, bucket=s3_bucket),
+            headers={"Authorization": f"Bearer {minio.TOKEN}"},
+        )
+        assert reply.status_code == 200 and reply.json()["journaled"] == 3, reply.text
+        [loaded] = daemon.rulebook.rules.values()
+
+        def counted() -> dict[str, int]:
+            return dict(daemon.journal.rule_state(loaded.rule, now=now()).pending.class_counts)
+
+        wait_until(lambda: counted() == {"1": 6}, 15, "the notified labels' class counts")
+    finally:
+        daemon.stop()
+        thread.join(30)

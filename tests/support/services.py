@@ -216,6 +216,14 @@ class S3Server:
 
         return Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False)
 
+    def daemon_env(self) -> dict[str, str]:
+        """The daemon's environment variables for this server's credentials."""
+        return {"RETRAIN_SOURCES__S3__ACCESS_KEY": self.access_key, "RETRAIN_SOURCES__S3__SECRET_KEY": self.secret_key}
+
+    def daemon_overrides(self) -> list[str]:
+        """The daemon's settings that point its S3 sources at this server."""
+        return [f"sources.s3.endpoint={self.endpoint}", "sources.s3.secure=false"]
+
     def env(self) -> dict[str, str]:
         """Environment variables that point boto3/MLflow at this server."""
         return {
