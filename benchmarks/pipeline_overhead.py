@@ -97,7 +97,7 @@ def main() -> None:
         run_folder = root / "runs" / run.run_key
         tasks = task_seconds((run_folder / "log.txt").read_text(errors="replace"))
         pipeline_s = (run.updated_at - run.created_at).total_seconds()
-        [data_yaml] = run_folder.glob("kfp/*/validate-dataset/dataset/data.yaml")
+        [data_yaml] = run_folder.glob("kfp/*/prepare-dataset/dataset/data.yaml")
 
         env = dict(os.environ, YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(root / "yolo-config"))
         yolo = Path(sys.executable).parent / "yolo"

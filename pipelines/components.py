@@ -11,30 +11,15 @@ from kfp import dsl
 
 
 def check_accelerator(require_gpu: bool) -> str:
-    """Report the devices torch sees; fail fast when a GPU is required and none is visible."""
-    import json
+    """Report the devices torch sees; fail fast when a GPU is required and none is visible. The first task
+    of a pipeline whose rule trains on GPUs, on a GPU node, before any data is downloaded; a CPU pipeline has
+    no such task (nothing to fail fast on: its training step prints the same report)."""
+    from pipelines.steps import accelerator
 
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    devices = [
-        {
-            "name": torch.cuda.get_device_name(i),
-            "memory_gib": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1),
-        }
-        for i in range(count)
-    ]
-    report = {"cuda": torch.cuda.is_available(), "count": count, "devices": devices, "torch": torch.__version__}
-    print(json.dumps(report))
-    if require_gpu and count == 0:
-        raise RuntimeError(
-            "this run requires a GPU but torch sees none: check the node's GPU driver, the task's "
-            "accelerator limit and the CUDA build of torch in the trainer image"
-        )
-    return json.dumps(report)
+    return accelerator.check(require_gpu=require_gpu)
 
 
-def materialize_dataset(
+def prepare_dataset(
     manifest_uri: str,
     s3_endpoint: str,
     s3_secure: bool,
@@ -42,24 +27,42 @@ def materialize_dataset(
     base_model: str,
     base_if_no_champion: str,
     mlflow_tracking_uri: str,
+    max_bad_fraction: float,
+    max_background_fraction: float,
     dataset: dsl.Output[dsl.Dataset],
     lineage: dsl.Output[dsl.Artifact],
+    report: dsl.Output[dsl.Artifact],
     base: dsl.Output[dsl.Model],
 ) -> str:
-    """Download or copy the snapshot's files into a YOLO dataset, checking each against the snapshot; resolve
-    the base weights the training starts from (one task: each task costs a process start-up)."""
+    """Download or copy the snapshot's files into a YOLO dataset, checking each against the snapshot; check
+    its labels and images (bad items excluded, too many bad ones fail the run before any GPU time is spent);
+    resolve the base weights the training starts from. One task: each task costs a process start-up (a pod
+    on the cluster), and validating in place spares a copy of the whole dataset."""
     import json
     import shutil
     from pathlib import Path
 
-    from pipelines.steps import bases, materializing
+    from pipelines.steps import bases, materializing, validating
 
+    out = Path(dataset.path)
     manifest = materializing.read_manifest(manifest_uri, s3_endpoint=s3_endpoint, s3_secure=s3_secure)
     summary = materializing.materialize(
-        manifest, out_dir=Path(dataset.path), s3_endpoint=s3_endpoint, s3_secure=s3_secure, val_fraction=val_fraction
+        manifest, out_dir=out, s3_endpoint=s3_endpoint, s3_secure=s3_secure, val_fraction=val_fraction
     )
-    shutil.copyfile(Path(dataset.path) / "manifest.json", lineage.path)
+    shutil.copyfile(out / "manifest.json", lineage.path)
     dataset.metadata.update({"fingerprint": manifest.fingerprint, "items": len(manifest.items)})
+    try:
+        result = validating.validate(
+            out,
+            classes=len(summary["classes"]),
+            max_bad_fraction=max_bad_fraction,
+            max_background_fraction=max_background_fraction,
+        )
+    finally:
+        if (out / "validation_report.json").exists():
+            shutil.copyfile(out / "validation_report.json", report.path)
+    for problem in result.problems:
+        print(problem)
     used = bases.resolve(
         base_model,
         fallback=base_if_no_champion or None,
@@ -70,46 +73,7 @@ def materialize_dataset(
     )
     base.metadata.update({"source": used})
     print(f"base model: {used}")
-    return json.dumps(summary | {"base": used})
-
-
-def validate_dataset(
-    raw: dsl.Input[dsl.Dataset],
-    max_bad_fraction: float,
-    max_background_fraction: float,
-    dataset: dsl.Output[dsl.Dataset],
-    report: dsl.Output[dsl.Artifact],
-) -> str:
-    """Check labels and images; exclude bad items; fail when too many are bad or have no labels; turn
-    polygons into boxes and clip boxes to the image."""
-    import json
-    import shutil
-    from pathlib import Path
-
-    import yaml
-
-    from pipelines.steps import validating
-
-    out = Path(dataset.path)
-    shutil.copytree(raw.path, out, dirs_exist_ok=True)
-    dataset.metadata.update(raw.metadata)  # the snapshot fingerprint travels on
-    data = yaml.safe_load((out / "data.yaml").read_text())
-    data["path"] = str(out)
-    (out / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    try:
-        result = validating.validate(
-            out,
-            classes=len(data["names"]),
-            max_bad_fraction=max_bad_fraction,
-            max_background_fraction=max_background_fraction,
-        )
-    finally:
-        shutil.copyfile(out / "validation_report.json", report.path) if (
-            out / "validation_report.json"
-        ).exists() else None
-    for problem in result.problems:
-        print(problem)
-    return json.dumps(result.to_json())
+    return json.dumps(summary | {"base": used, "validation": result.to_json()})
 
 
 def sample_trials(
@@ -228,8 +192,9 @@ def train_model(
     from pathlib import Path
 
     from daemon.model import tags
-    from pipelines.steps import bases, training
+    from pipelines.steps import accelerator, bases, training
 
+    accelerator.check(require_gpu=gpus > 0)  # the report (a CPU pipeline has no check-accelerator task)
     fingerprint = (
         dataset.metadata.get("fingerprint")
         or json.loads((Path(dataset.path) / "manifest.json").read_text())["fingerprint"]

@@ -1,10 +1,14 @@
-"""The retraining pipeline (KFP v2): check accelerator -> materialize -> validate -> [tune] -> train ->
-evaluate and promote, compiled to IR YAML.
+"""The retraining pipeline (KFP v2): [check accelerator] -> prepare dataset (materialize and validate) ->
+[tune] -> train -> evaluate and promote, compiled to IR YAML.
 
 One definition runs on a cluster through Kubeflow Pipelines and on a laptop through ``kfp.local``. The
 pipeline's shape follows the rule at compile time (:class:`pipelines.arguments.Shape`): with tuning,
 trials fan out in a ``ParallelFor`` with the rule's parallelism (one GPU each on the cluster) and the best
-one is trained in full; without, training starts from the rule's hyperparameters. Cluster settings (GPU
+one is trained in full; without, training starts from the rule's hyperparameters. A rule that trains on
+GPUs starts with the accelerator check on a GPU node, so a node without a usable GPU fails the run before
+any data is downloaded; a CPU rule has no such task (its training step prints the same report). Each task
+is a process (a pod on the cluster) whose start-up costs seconds: materializing and validating are one
+task, which also spares a copy of the dataset between them. Cluster settings (GPU
 type and count, ``/dev/shm``, the dataset PVC, secrets as environment, retries, timeouts, node selector,
 tolerations, the image) come from ``settings.pipeline`` and are ignored by ``kfp.local``.
 """
@@ -26,8 +30,7 @@ def _components(image: str) -> dict[str, Any]:
         name: wrap(func)
         for name, func in {
             "check_accelerator": components.check_accelerator,
-            "materialize_dataset": components.materialize_dataset,
-            "validate_dataset": components.validate_dataset,
+            "prepare_dataset": components.prepare_dataset,
             "sample_trials": components.sample_trials,
             "run_trial": components.run_trial,
             "pick_best": components.pick_best,
@@ -113,31 +116,21 @@ def build(*, image: str, config: settings_mod.PipelineSettings, shape: Shape) ->
         require_gpu: bool = False,
         code_version: str = "",
     ) -> str:
-        accel = _cluster(c["check_accelerator"](require_gpu=require_gpu), config, gpus=gpus, data=False)
-        mat = _cluster(
-            c["materialize_dataset"](
-                manifest_uri=manifest_uri,
-                s3_endpoint=s3_endpoint,
-                s3_secure=s3_secure,
-                val_fraction=val_fraction,
-                base_model=base_model,
-                base_if_no_champion=base_if_no_champion,
-                mlflow_tracking_uri=mlflow_tracking_uri,
-            ).after(accel),
-            config,
-            gpus=0,
-            data=True,
+        prep = c["prepare_dataset"](
+            manifest_uri=manifest_uri,
+            s3_endpoint=s3_endpoint,
+            s3_secure=s3_secure,
+            val_fraction=val_fraction,
+            base_model=base_model,
+            base_if_no_champion=base_if_no_champion,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+            max_bad_fraction=max_bad_fraction,
+            max_background_fraction=max_background_fraction,
         )
-        val = _cluster(
-            c["validate_dataset"](
-                raw=mat.outputs["dataset"],
-                max_bad_fraction=max_bad_fraction,
-                max_background_fraction=max_background_fraction,
-            ),
-            config,
-            gpus=0,
-            data=False,
-        )
+        if gpus > 0:
+            accel = _cluster(c["check_accelerator"](require_gpu=require_gpu), config, gpus=gpus, data=False)
+            prep.after(accel)
+        prep = _cluster(prep, config, gpus=0, data=True)
         hyperparameters = hyperparameters_json
         if shape.tune:
             sampled = _cluster(
@@ -157,11 +150,11 @@ def build(*, image: str, config: settings_mod.PipelineSettings, shape: Shape) ->
             with dsl.ParallelFor(sampled.output, parallelism=shape.parallelism) as asked:
                 trial = _cluster(
                     c["run_trial"](
-                        dataset=val.outputs["dataset"],
+                        dataset=prep.outputs["dataset"],
                         trial=asked,
                         space_json=tune_space_json,
                         base_json=hyperparameters_json,
-                        base=mat.outputs["base"],
+                        base=prep.outputs["base"],
                         epochs=tune_epochs,
                         imgsz=imgsz,
                         batch=batch,
@@ -189,9 +182,9 @@ def build(*, image: str, config: settings_mod.PipelineSettings, shape: Shape) ->
             hyperparameters = best.output
         train = _cluster(
             c["train_model"](
-                dataset=val.outputs["dataset"],
+                dataset=prep.outputs["dataset"],
                 hyperparameters_json=hyperparameters,
-                base=mat.outputs["base"],
+                base=prep.outputs["base"],
                 epochs=epochs,
                 imgsz=imgsz,
                 batch=batch,
@@ -209,7 +202,7 @@ def build(*, image: str, config: settings_mod.PipelineSettings, shape: Shape) ->
         )
         promote = _cluster(
             c["evaluate_and_promote"](
-                dataset=val.outputs["dataset"],
+                dataset=prep.outputs["dataset"],
                 model=train.outputs["model"],
                 train_info=train.outputs["Output"],
                 registered_name=registered_name,

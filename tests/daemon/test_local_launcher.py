@@ -82,7 +82,7 @@ def test_a_real_pipeline_child_reports_its_failure(tmp_path: Path) -> None:
     launcher.submit(key, spec)
     wait_state(launcher, key, runs.RunState.FAILED, timeout_s=180)
     status = launcher.find(key)
-    assert status is not None and "materialize-dataset" in (status.error or "")
+    assert status is not None and "prepare-dataset" in (status.error or "")
     outcome = json.loads((tmp_path / key / "outcome.json").read_text())
     assert outcome["state"] == "failed"
     assert "missing.json" in (tmp_path / key / "log.txt").read_text()

@@ -51,7 +51,7 @@ def test_compiled_spec_carries_gpu_shm_pvc_secrets_retries(tmp_path: Path) -> No
     assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert train["resources"]["accelerator"]["resourceCount"] == "1"
     assert train["resources"]["resourceMemoryLimit"] == "16Gi"
-    assert "resources" not in executors["exec-materialize-dataset"]["container"]  # no GPU for data steps
+    assert "resources" not in executors["exec-prepare-dataset"]["container"]  # no GPU for data steps
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["train-model"]["retryPolicy"] == {
         "backoffDuration": "30s",
@@ -67,8 +67,8 @@ def test_compiled_spec_carries_gpu_shm_pvc_secrets_retries(tmp_path: Path) -> No
     assert k8s["exec-train-model"]["emptyDirMounts"] == [
         {"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "4Gi", "volumeName": "dshm"}
     ]
-    assert k8s["exec-materialize-dataset"]["pvcMount"][0]["constant"] == "datasets"
-    assert k8s["exec-materialize-dataset"]["pvcMount"][0]["mountPath"] == "/data"
+    assert k8s["exec-prepare-dataset"]["pvcMount"][0]["constant"] == "datasets"
+    assert k8s["exec-prepare-dataset"]["pvcMount"][0]["mountPath"] == "/data"
     envs = {
         e["envVar"]: (s["secretName"], e["secretKey"])
         for s in k8s["exec-train-model"]["secretAsEnv"]
@@ -130,3 +130,27 @@ def test_every_task_compiles_with_caching_off(tmp_path: Path) -> None:
     assert len(tasks) >= 8
     for name, task in tasks.items():
         assert task.get("cachingOptions", {}).get("enableCache", False) is False, name
+
+
+def dependencies(spec: dict[str, Any]) -> dict[str, list[str]]:
+    return {name: task.get("dependentTasks", []) for name, task in spec["root"]["dag"]["tasks"].items()}
+
+
+def test_a_gpu_rule_checks_the_accelerator_before_any_data_is_downloaded(tmp_path: Path) -> None:
+    spec, _ = compile_pipeline(tmp_path, "--no-tune", "--gpus", "1")
+    deps = dependencies(spec)
+    assert deps["check-accelerator"] == []
+    assert deps["prepare-dataset"] == ["check-accelerator"]
+    accel = spec["deploymentSpec"]["executors"]["exec-check-accelerator"]["container"]
+    assert accel["resources"]["accelerator"]["resourceCount"] == "1"  # on a GPU node, where training will run
+
+
+def test_a_cpu_rule_starts_with_the_data_and_materializes_and_validates_in_one_task(tmp_path: Path) -> None:
+    """Each task is a process (a pod on a cluster): the accelerator check of a CPU rule has nothing to fail
+    fast on, and materializing and validating are one task (no copy of the dataset between them)."""
+    spec, _ = compile_pipeline(tmp_path, "--no-tune", "--gpus", "0")
+    deps = dependencies(spec)
+    assert sorted(deps) == ["evaluate-and-promote", "prepare-dataset", "train-model"]
+    assert deps["prepare-dataset"] == []
+    outputs = spec["components"]["comp-prepare-dataset"]["outputDefinitions"]["artifacts"]
+    assert sorted(outputs) == ["base", "dataset", "lineage", "report"]

@@ -212,7 +212,7 @@ def test_coco_mini_materialize_validate_and_train(tmp_path: Path) -> None:
         env=offline_env(),
     )
     assert output["decision"] == "promoted"  # the first model, with first_model_min 0
-    report = json.loads(next((tmp_path / "run" / "kfp").rglob("validate-dataset/report")).read_text())
+    report = json.loads(next((tmp_path / "run" / "kfp").rglob("prepare-dataset/report")).read_text())
     assert report["items"] == 24
     assert report["per_split"] == {"train": 16, "val": 8}
 
