@@ -2,8 +2,10 @@
 
 For each bucket size (10k and 100k objects by default; half images, half labels, as a YOLO dataset):
 
-- the daemon's **full reconcile** (first pass, empty journal) and its **incremental** pass (nothing new):
-  time and peak RSS, each in a fresh child process so the figure is the reconcile's own;
+- the daemon's **full reconcile** (first pass, empty journal, every label's class counts read) and its
+  **incremental** pass (nothing new): time and peak RSS, each in a fresh child process so the figure is the
+  reconcile's own (a prefix larger than ``reconciling.SHARD_OBJECTS`` takes a pass per shard: the figure is
+  the whole cycle), and each against one bare listing of the same prefix (minio-py, the polling sensor's);
 - a **polling sensor** (how Dagster's and Airflow's S3 sensors work): every tick lists the whole prefix and
   diffs it against the keys it saw; its listing cost per tick (seconds, LIST requests, peak RSS), and its
   detection latency: measured over a few trials with a short interval, and derived for longer intervals
@@ -69,13 +71,18 @@ def child(args: argparse.Namespace) -> None:
     reconciler = reconciling.S3Reconciler(store=store, location=location, sink=sink, clock=sink.clock)
     before = rss_mb()
     started = time.perf_counter()
-    result = reconciler.run_once()
+    shards = [reconciler.run_once()]  # a prefix over reconciling.SHARD_OBJECTS takes a pass per shard
+    while not shards[-1].complete:
+        shards.append(reconciler.run_once())
     elapsed = time.perf_counter() - started
     journal.close()
+    result = sum(shards[1:], shards[0])
     print(
         json.dumps(
             {
                 "seconds": round(elapsed, 3),
+                "shards": len(shards),
+                "shard_seconds": [round(shard.seconds, 3) for shard in shards],
                 "rss_before_mb": before,
                 "peak_rss_mb": peak_rss_mb(),
                 "result": {k: v for k, v in vars(result).items() if isinstance(v, int | float)},
@@ -201,6 +208,7 @@ def main() -> None:
                 full = reconcile_in_child(server, prefix, journal)
                 incremental = reconcile_in_child(server, prefix, journal)
                 poll = polling(client, prefix, size, args.poll_trials, args.poll_interval)
+                bare = poll["list_seconds_per_tick"]["p50"]
                 results.append(
                     {
                         "objects": size,
@@ -208,6 +216,9 @@ def main() -> None:
                         "daemon_full_reconcile": full,
                         "daemon_incremental_reconcile": incremental,
                         "polling_sensor": poll,
+                        "bare_listing_s": bare,
+                        "first_pass_vs_bare_listing": round(full["seconds"] / bare, 2),
+                        "nothing_new_vs_bare_listing": round(incremental["seconds"] / bare, 2),
                     }
                 )
                 print(json.dumps(results[-1]), file=sys.stderr, flush=True)

@@ -136,8 +136,9 @@ class Journal(abc.ABC):
         """
 
     @abc.abstractmethod
-    def inventory(self, dataset: str, *, include_deleted: bool = False) -> Iterator[InventoryItem]:
-        """The dataset's objects in key order, streamed (memory stays bounded by the page, not the bucket)."""
+    def inventory(self, dataset: str, *, include_deleted: bool = False, after: str = "") -> Iterator[InventoryItem]:
+        """The dataset's objects in key order, from the first key after ``after``, streamed (memory stays
+        bounded by the page, not the bucket)."""
 
     @abc.abstractmethod
     def labels_without_counts(self, dataset: str, *, limit: int) -> list[tuple[str, str]]:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from daemon import errors, logs, settings
 from daemon.journal import base as journal_base
 from daemon.model import decisions, rules
+from daemon.runtime import working
 from daemon.sources import base as source_base
 from daemon.sources import datasets, listening, reconciling, s3, watching
 
@@ -212,19 +213,25 @@ class SourceSupervisor:
             self.listeners[bucket] = listener
 
     # --- the reconcile worker's pass --------------------------------------------------------------------
-    def reconcile(self) -> None:
-        """Reconcile every S3 dataset once; a dataset whose source changed is usable after its first pass."""
+    def reconcile(self) -> str | None:
+        """One reconcile pass (a shard of a large prefix) of every S3 dataset; a dataset whose source changed
+        is usable once its first cycle has ended. Returns :data:`working.MORE` when a cycle goes on."""
         self.reconcile_requested.clear()
+        more = False
         for name, reconciler in list(self.reconcilers.items()):
             with logs.bound(dataset=name):
                 try:
-                    reconciler.run_once()
+                    result = reconciler.run_once()
                 except errors.RetrainError as exc:
                     log.warning("reconcile_failed", error=str(exc), action="retry next interval")
+                    continue
+                if not result.complete:
+                    more = True
                     continue
                 if name in self._first_scan:
                     self._first_scan.discard(name)
                     self._watched(name, reconciler.location)
+        return working.MORE if more else None
 
     # --- the counting worker's pass ---------------------------------------------------------------------
     def count_labels(self, *, stopping: Callable[[], bool] = lambda: False) -> int:

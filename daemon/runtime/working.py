@@ -20,6 +20,10 @@ from daemon import errors, logs
 
 log = logs.get_logger(__name__)
 
+#: What a pass returns when it left work for the next one (a reconcile shard short of its cycle's end): with a
+#: stretch, the next pass comes after the stretched pause alone, not after the whole interval.
+MORE = "more"
+
 
 class Worker:
     """One background thread around a ``work`` function.
@@ -52,6 +56,8 @@ class Worker:
         self.last_pass_at: float | None = None
         """Monotonic time the last pass ended (whatever its result)."""
         self.last_error: str | None = None
+        self.more = False
+        """The last pass returned :data:`MORE`."""
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -80,13 +86,16 @@ class Worker:
         """Seconds to wait before the next pass unless woken: the interval, stretched after a long pass."""
         if self.stretch is None:
             return self.interval_s
+        if self.more:
+            return self.stretch * self.last_duration_s
         return max(self.interval_s, self.stretch * self.last_duration_s)
 
     def run_once(self) -> None:
         """One pass, with failures turned into log lines (what the thread calls; tests call it too)."""
         started = time.monotonic()
+        self.more = False
         try:
-            self.work()
+            self.more = self.work() == MORE
             self.last_error = None
         except errors.RetrainError as exc:
             self.last_error = str(exc)
@@ -98,7 +107,7 @@ class Worker:
         finally:
             self.last_pass_at = time.monotonic()
             self.last_duration_s = self.last_pass_at - started
-            if self.wait_s() > self.interval_s:
+            if not self.more and self.wait_s() > self.interval_s:
                 log.info(
                     "worker_interval_stretched",
                     worker=self.name,

@@ -7,15 +7,22 @@ Memory stays bounded by one listing page and one event batch, not by the bucket'
 
 A listing that fails half-way emits nothing for the part it did not reach: a key is reported deleted only
 when the listing has gone past it without seeing it.
+
+A very large prefix is reconciled in shards: a pass lists at most ``shard_objects`` objects (``SHARD_OBJECTS``,
+a minute or so of listing) and merges them with that key range of the inventory alone; the next pass starts
+after the last key listed, and a cycle ends when a pass reaches the end of the listing (the reconcile worker
+runs the next shard after a pause of a few times the pass, and the next cycle after the interval). A shard
+whose listing fails is listed again; a restart starts a new cycle.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +48,8 @@ READERS = 16
 #: Batches of differences whose label files are being read while the listing goes on (memory stays bounded
 #: by these batches, whatever the bucket's size).
 AHEAD = 2
+#: Objects listed by one pass at most (0: the whole prefix). At ~20k keys/s a shard is ~10 s of listing.
+SHARD_OBJECTS = 250_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +78,8 @@ class ReconcileResult:
     deleted: int = 0
     seconds: float = 0.0
     new_events: int = 0
+    complete: bool = True
+    """The pass reached the end of the listing (a cycle ended); False: more shards follow."""
 
     def __add__(self, other: ReconcileResult) -> ReconcileResult:
         return ReconcileResult(
@@ -77,7 +88,17 @@ class ReconcileResult:
             deleted=self.deleted + other.deleted,
             seconds=self.seconds + other.seconds,
             new_events=self.new_events + other.new_events,
+            complete=self.complete and other.complete,
         )
+
+
+@dataclass(kw_only=True)
+class Shard:
+    """The key range one pass reconciles: after ``after`` (relative to the dataset root; "" from the start)
+    up to ``upto``, the last key listed, once the listing stopped at the shard's size (None: to the end)."""
+
+    after: str = ""
+    upto: str | None = None
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -92,8 +113,15 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
-def diff(listing: Iterable[Listed], inventory: Iterable[journal_base.InventoryItem]) -> Iterator[Difference]:
-    """Differences between a key-ordered listing and the key-ordered inventory (a merge join)."""
+def diff(
+    listing: Iterable[Listed],
+    inventory: Iterable[journal_base.InventoryItem],
+    *,
+    upto: Callable[[], str | None] = lambda: None,
+) -> Iterator[Difference]:
+    """Differences between a key-ordered listing and the key-ordered inventory (a merge join). ``upto`` is
+    asked once the listing ended: the last key its range covers (None: the listing went to the end); the
+    inventory's keys past it are not compared."""
     known = iter(inventory)
     current = next(known, None)
     for found in listing:
@@ -116,7 +144,8 @@ def diff(listing: Iterable[Listed], inventory: Iterable[journal_base.InventoryIt
             yield Difference(
                 kind=events.ChangeKind.CREATED, key=found.key, item=found.item, version=found.version, size=found.size
             )
-    while current is not None:
+    limit = upto()
+    while current is not None and (limit is None or current.key <= limit):
         yield Difference(kind=events.ChangeKind.DELETED, key=current.key, item=current.item, version=None, size=None)
         current = next(known, None)
 
@@ -154,10 +183,12 @@ def apply(
             new += sink.deliver(source_name, batch).new
             batch = []
     new += sink.deliver(source_name, batch).new
-    return ReconcileResult(new_events=new, **counts)
+    return ReconcileResult(
+        created=counts["created"], changed=counts["changed"], deleted=counts["deleted"], new_events=new
+    )
 
 
-def prefetched(objects: Iterator[s3.ObjectInfo], *, name: str) -> Iterator[list[s3.ObjectInfo]]:
+def prefetched(objects: Iterator[s3.ObjectInfo], *, name: str) -> Generator[list[s3.ObjectInfo]]:
     """The listing in pages of ``s3.PAGE`` objects, fetched by a thread up to ``AHEAD`` pages ahead: the next
     page's request is answered while this one is merged with the inventory. The listing's errors are raised
     here, in order; closing the iterator early stops the thread."""
@@ -223,35 +254,50 @@ class S3Reconciler:
         self.clock = clock
         self.name = f"s3_reconcile:{location.name}"
         self.counts_needed = counts_needed
+        self.shard_objects = SHARD_OBJECTS
+        """Objects one pass lists at most (0: the whole prefix)."""
+        self.resume_after = ""
+        """Where the next pass starts: after this key, relative to the dataset root ("": a new cycle)."""
 
-    def _listing(self) -> Iterator[Listed]:
-        for page in prefetched(self.store.list(self.bucket, self.location.prefix), name=self.name):
-            for obj in page:
-                rel = self.location.relative(obj.key)
-                if rel is None:
-                    continue
-                item = self.location.classify(rel)
-                if item is events.ItemKind.OTHER:
-                    continue
-                yield Listed(key=rel, version=obj.etag, size=obj.size, item=item)
+    def _listing(self, shard: Shard) -> Iterator[Listed]:
+        prefix = self.location.prefix
+        start_after = prefix + shard.after if shard.after else None
+        listed = 0
+        pages = prefetched(self.store.list(self.bucket, prefix, start_after=start_after), name=self.name)
+        with contextlib.closing(pages):
+            for page in pages:
+                for obj in page:
+                    listed += 1
+                    rel = self.location.relative(obj.key)
+                    if rel is not None:
+                        item = self.location.classify(rel)
+                        if item is not events.ItemKind.OTHER:
+                            yield Listed(key=rel, version=obj.etag, size=obj.size, item=item)
+                    if self.shard_objects and listed >= self.shard_objects:
+                        shard.upto = obj.key[len(prefix) :]
+                        return
 
     def run_once(self) -> ReconcileResult:
-        """One full pass. Raises :class:`~daemon.errors.TemporaryError` if S3 is unreachable (nothing is lost:
-        whatever was journaled stays, and the next pass continues)."""
+        """One pass: the next shard, or the whole prefix when it holds fewer than ``shard_objects``. Raises
+        :class:`~daemon.errors.TemporaryError` if S3 is unreachable (nothing is lost: whatever was journaled
+        stays, and the next pass lists the same shard again)."""
         started = time.monotonic()
         board = self.sink.board
+        shard = Shard(after=self.resume_after)
         try:
-            result = self._journal(diff(self._listing(), self.sink.journal.inventory(self.location.name)))
+            inventory = self.sink.journal.inventory(self.location.name, after=shard.after)
+            result = self._journal(diff(self._listing(shard), inventory, upto=lambda: shard.upto))
         except errors.RetrainError as exc:
             board.update(self.name, connected=False, last_error=str(exc))
             board.add(self.name, gaps=1)
             log.warning("reconcile_failed", dataset=self.location.name, error=str(exc))
             raise
         seconds = time.monotonic() - started
+        self.resume_after = shard.upto or ""
         board.update(
             self.name, connected=True, last_error=None, last_reconcile_at=self.clock(), reconcile_lag_s=seconds
         )
-        if result.created or result.changed or result.deleted:
+        if result.created or result.changed or result.deleted or shard.upto is not None:
             log.info(
                 "reconciled",
                 dataset=self.location.name,
@@ -259,6 +305,8 @@ class S3Reconciler:
                 changed=result.changed,
                 deleted=result.deleted,
                 seconds=round(seconds, 3),
+                shard_after=shard.after or None,
+                shard_upto=shard.upto,
             )
         return ReconcileResult(
             created=result.created,
@@ -266,6 +314,7 @@ class S3Reconciler:
             deleted=result.deleted,
             new_events=result.new_events,
             seconds=seconds,
+            complete=shard.upto is None,
         )
 
     def _journal(self, differences: Iterable[Difference]) -> ReconcileResult:

@@ -44,6 +44,23 @@ def test_without_a_stretch_the_interval_alone_counts() -> None:
     assert done.is_set() and worker.last_duration_s >= 0.2 and worker.wait_s() == 0.05
 
 
+def test_a_pass_with_more_to_do_is_followed_after_its_stretch_not_the_interval() -> None:
+    """A reconcile shard that did not end its cycle: the next shard comes after a few times the pass (the
+    listing is never back to back), the next cycle after the whole interval."""
+    more = True
+
+    def shard() -> object:
+        time.sleep(0.05)
+        return working.MORE if more else None
+
+    worker = working.Worker(name="reconcile", work=shard, interval_s=300.0, stretch=3.0)
+    worker.run_once()
+    assert worker.wait_s() == 3.0 * worker.last_duration_s < 1.0
+    more = False
+    worker.run_once()
+    assert worker.wait_s() == 300.0
+
+
 def test_the_loop_passes_at_once_when_woken_after_a_quiet_spell_and_keeps_its_gap_in_a_burst() -> None:
     from daemon import reactor
 

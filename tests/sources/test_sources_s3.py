@@ -254,3 +254,58 @@ triggers:
     finally:
         daemon.stop()
         thread.join(30)
+
+
+def test_a_large_prefix_is_reconciled_in_shards_across_passes(
+    s3_server: services.S3Server, s3_bucket: str, journal: sqlite.SqliteJournal
+) -> None:
+    """A pass lists at most ``shard_objects`` objects and merges them with that key range of the inventory
+    alone; the next pass goes on after the last key, and a cycle ends when the listing does. A deletion is
+    reported by the pass whose range holds the key, never by one that did not list that far."""
+    for i in range(20):
+        put(s3_server, s3_bucket, f"pets/labels/train/{i:03d}.txt", b"0 0.5 0.5 0.1 0.1\n")
+    rec = reconciler(s3_server, s3_bucket, journal)
+    rec.shard_objects = 7
+    passes = [rec.run_once() for _ in range(3)]
+    assert [(p.created, p.complete) for p in passes] == [(7, False), (7, False), (6, True)]
+    assert len(list(journal.inventory("pets"))) == 20
+
+    client = s3_server.client()
+    client.remove_object(s3_bucket, "pets/labels/train/002.txt")
+    client.remove_object(s3_bucket, "pets/labels/train/015.txt")
+    put(s3_server, s3_bucket, "pets/labels/train/099.txt", b"1 0.5 0.5 0.1 0.1\n")
+    first = rec.run_once()  # lists 000-001, 003-007: 002 is gone, 015 lies beyond its range
+    assert (first.created, first.deleted, first.complete) == (0, 1, False)
+    assert "labels/train/015.txt" in {i.key for i in journal.inventory("pets")}
+    second, third = rec.run_once(), rec.run_once()  # 008-014, then 016-019 and 099
+    assert (second.created, second.deleted, second.complete) == (0, 0, False)
+    assert (third.created, third.deleted, third.complete) == (1, 1, True)
+    assert sorted(i.key for i in journal.inventory("pets")) == [
+        f"labels/train/{i:03d}.txt" for i in [*range(20), 99] if i not in (2, 15)
+    ]
+    # Unsharded, one pass is a cycle.
+    rec.shard_objects = 0
+    whole = rec.run_once()
+    assert (whole.created, whole.deleted, whole.complete) == (0, 0, True)
+
+
+def test_a_shard_whose_listing_fails_is_listed_again(
+    tmp_path: Path, s3_server: services.S3Server, s3_bucket: str, journal: sqlite.SqliteJournal
+) -> None:
+    for i in range(10):
+        put(s3_server, s3_bucket, f"pets/labels/train/{i:03d}.txt", b"0 0.5 0.5 0.1 0.1\n")
+    rec = reconciler(s3_server, s3_bucket, journal)
+    rec.shard_objects = 4
+    assert rec.run_once().created == 4
+    real = rec.store
+
+    class Down:
+        def list(self, *args: object, **kwargs: object) -> Iterator[s3.ObjectInfo]:
+            raise errors.TemporaryError("S3 unreachable")
+
+    rec.store = Down()  # type: ignore[assignment]
+    with pytest.raises(errors.TemporaryError):
+        rec.run_once()
+    rec.store = real
+    resumed = rec.run_once()
+    assert (resumed.created, resumed.complete) == (4, False)  # 004-007: the failed shard, not a new cycle

@@ -123,8 +123,9 @@ class InventoryStore:
             )
         return True
 
-    def inventory(self, dataset: str, *, include_deleted: bool = False) -> Iterator[base.InventoryItem]:
-        after = ""
+    def inventory(
+        self, dataset: str, *, include_deleted: bool = False, after: str = ""
+    ) -> Iterator[base.InventoryItem]:
         while True:
             with self.database.reading() as db:
                 rows = db.execute(
