@@ -69,9 +69,11 @@ OVERLAY ?= base
 manifests: install
 	@$(BIN)/kubectl kustomize deploy/$(OVERLAY)
 
-# Every benchmark, one JSON object each (copies in benchmarks/results/). About 20 minutes on 2 cores.
-BENCHMARKS := ingest trigger_latency reconcile_scale footprint retention pipeline_overhead tuning
+# Every benchmark, one JSON object each (copies in benchmarks/results/). About 40 minutes on 2 cores.
+# peer_sensor runs Dagster beside the daemon, from its own .venv-bench (requirements/bench.lock).
+BENCHMARKS := ingest trigger_latency reconcile_scale footprint retention pipeline_overhead tuning peer_sensor
 bench: install
+	@$(BIN)/python requirements/lock.py bench-env
 	@set -e; for name in $(BENCHMARKS); do echo "== benchmarks/$$name.py" >&2; $(BIN)/python benchmarks/$$name.py; done
 
 # Mutation testing of the pure core (daemon/engine, daemon/model, daemon/redaction.py): about 2 minutes.
@@ -83,4 +85,4 @@ mutation: install
 	@$(BIN)/mutmut results
 
 clean:
-	rm -rf $(VENV) .retrain .pytest_cache .mypy_cache .ruff_cache mutants build
+	rm -rf $(VENV) .venv-bench .retrain .pytest_cache .mypy_cache .ruff_cache mutants build

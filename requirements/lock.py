@@ -5,6 +5,7 @@
                                                 # LOCK_UPGRADE=all or LOCK_UPGRADE=name,name: take newer releases
     python requirements/lock.py check [--prune] # the environment holds exactly dev.lock (prune: uninstall extras)
     python requirements/lock.py stale           # exit 1 when pyproject.toml changed since the locks were written
+    python requirements/lock.py bench-env       # `make bench`: .venv-bench from bench.lock (Dagster, the peer)
 
 Three locks, all resolved from ``pyproject.toml`` plus ``build.in`` (pip, setuptools and wheel: the build of
 this project itself is pinned too, installed with ``--no-build-isolation``) and ``constraints.in``:
@@ -15,6 +16,9 @@ this project itself is pinned too, installed with ``--no-build-isolation``) and 
 - ``trainer.lock``: the project and its ``train`` extra, for the trainer image (linux x86_64, Python 3.11).
 
 The image locks are resolved with ``dev.lock`` as a constraint, so a package has one version everywhere.
+A fourth, ``bench.lock``, is resolved from ``bench.in`` alone (linux x86_64, Python 3.11): Dagster, the
+peer that ``benchmarks/peer_sensor.py`` runs beside the daemon, in its own ``.venv-bench`` (it pins
+``watchdog<7``; the daemon uses watchdog 7, so it cannot share the project's versions).
 Every lock starts with the SHA-256 of its inputs; ``stale`` (and a test) compare it with the inputs now.
 """
 
@@ -36,6 +40,9 @@ ROOT = HERE.parent
 PYPROJECT = ROOT / "pyproject.toml"
 BUILD_IN = HERE / "build.in"
 CONSTRAINTS_IN = HERE / "constraints.in"
+BENCH_IN = HERE / "bench.in"
+BENCH_LOCK = HERE / "bench.lock"
+BENCH_VENV = ROOT / ".venv-bench"
 PROJECT = "retrain-daemon"
 PYTHON = "3.11"
 IMAGE_PLATFORM = "x86_64-manylinux_2_28"
@@ -67,6 +74,11 @@ def fingerprint() -> str:
         "constraints.in": CONSTRAINTS_IN.read_text(),
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def bench_fingerprint() -> str:
+    """SHA-256 of bench.lock's one input."""
+    return hashlib.sha256(BENCH_IN.read_bytes()).hexdigest()
 
 
 def recorded_fingerprint(path: Path) -> str | None:
@@ -125,9 +137,9 @@ def differences(lock: Path) -> tuple[dict[str, tuple[str | None, str | None]], l
 MISSING_LOCATION = re.compile(r"^WARNING: Location '(file:[^']+)' is ignored: it is neither a file nor a directory\.$")
 
 
-def pip(*arguments: str) -> int:
+def pip(*arguments: str, python: str = sys.executable) -> int:
     """``pip install`` with its own output kept to warnings and errors, printed in full, minus one kind of noise."""
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *arguments]
+    command = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *arguments]
     # setuptools announces every editable install as a warning; it is the expected way to install here.
     env = {**os.environ, "PYTHONWARNINGS": "ignore:Editable installation"}
     missing = set()
@@ -195,6 +207,47 @@ def lock() -> None:
         header = f"# Locked by `make lock` (requirements/lock.py); do not edit by hand.\n{FINGERPRINT_PREFIX}{digest}\n"
         target.path.write_text(header + body)
         print(f"{target.path.relative_to(ROOT)}: {len(entries(target.path))} pins")
+    lock_bench()
+
+
+def lock_bench() -> None:
+    command = [
+        str(Path(sys.executable).parent / "uv"),
+        "pip",
+        "compile",
+        "--quiet",
+        "--generate-hashes",
+        "--python-version",
+        PYTHON,
+        "--python-platform",
+        IMAGE_PLATFORM,
+        "--custom-compile-command",
+        "make lock",
+        "--output-file",
+        str(BENCH_LOCK.relative_to(ROOT)),
+        str(BENCH_IN.relative_to(ROOT)),
+    ]
+    if os.environ.get("LOCK_UPGRADE", "").strip():
+        command += ["--upgrade"]
+    subprocess.run(command, cwd=ROOT, check=True)
+    digest = bench_fingerprint()
+    header = f"# Locked by `make lock` (requirements/lock.py); do not edit by hand.\n{FINGERPRINT_PREFIX}{digest}\n"
+    BENCH_LOCK.write_text(header + BENCH_LOCK.read_text())
+    print(f"{BENCH_LOCK.relative_to(ROOT)}: {len(entries(BENCH_LOCK))} pins")
+
+
+def bench_env() -> int:
+    """``.venv-bench`` holding bench.lock (hashes checked); rebuilt only when the lock changed."""
+    stamp = BENCH_VENV / ".installed"
+    digest = hashlib.sha256(BENCH_LOCK.read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return 0
+    print(f"installing {BENCH_LOCK.relative_to(ROOT)} (the benchmarks' peer, Dagster) into {BENCH_VENV}")
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(BENCH_VENV)], check=True)
+    if pip("--require-hashes", "--no-deps", "-r", str(BENCH_LOCK), python=str(BENCH_VENV / "bin" / "python")) != 0:
+        return 1
+    stamp.write_text(digest)
+    return 0
 
 
 def check(*, prune: bool) -> int:
@@ -214,8 +267,10 @@ def check(*, prune: bool) -> int:
 def stale() -> int:
     digest = fingerprint()
     old = [t.path.name for t in LOCKS if not t.path.exists() or recorded_fingerprint(t.path) != digest]
+    if not BENCH_LOCK.exists() or recorded_fingerprint(BENCH_LOCK) != bench_fingerprint():
+        old.append(BENCH_LOCK.name)
     if old:
-        print(f"pyproject.toml, build.in or constraints.in changed since {', '.join(old)} was written: run make lock")
+        print(f"the inputs changed since {', '.join(old)} was written: run make lock")
         return 1
     return 0
 
@@ -230,6 +285,8 @@ def main(argv: list[str]) -> int:
         return check(prune="--prune" in argv)
     if argv[:1] == ["stale"]:
         return stale()
+    if argv[:1] == ["bench-env"]:
+        return bench_env()
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -79,3 +79,16 @@ def test_retention(tmp_path: Path) -> None:
     kept, every = figures["with_retention"], figures["without_retention"]
     assert every["rows"]["events"] == 6001  # type: ignore[index]
     assert kept["rows"]["events"] == 3 * 500 + 1  # type: ignore[index]  # the last 3 days, and the late file
+
+
+def test_peer_sensor(tmp_path: Path) -> None:
+    """Dagster's sensor and the daemon on the same bucket; Dagster from its own .venv-bench (built here when
+    missing, as `make bench` does)."""
+    built = subprocess.run([sys.executable, str(ROOT / "requirements" / "lock.py"), "bench-env"], check=False)
+    assert built.returncode == 0
+    figures = bench("peer_sensor", "--sizes", "300", "--trials", "2", "--interval", "2", tmp_path=tmp_path)
+    [size] = figures["sizes"]  # type: ignore[misc]
+    for side in ("daemon", "dagster_s3_sensor"):
+        assert size[side]["detection_latency_s"]["n"] == 2
+        assert size[side]["missed"] == 0
+    assert size["dagster_s3_sensor"]["list_requests_per_hour"] > 0

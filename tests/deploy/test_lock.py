@@ -113,3 +113,16 @@ def test_this_environment_holds_exactly_the_dev_lock() -> None:
 
 def test_uv_the_locks_are_made_with_is_installed() -> None:
     assert shutil.which("uv", path=str(Path(lock.sys.executable).parent)), "make lock needs uv (dev extra)"
+
+
+def test_the_bench_lock_holds_the_peer_pinned_and_hashed_from_its_current_input() -> None:
+    """bench.lock (Dagster, the peer of benchmarks/peer_sensor.py) is resolved from bench.in alone."""
+    assert lock.recorded_fingerprint(lock.BENCH_LOCK) == lock.bench_fingerprint(), "bench.in changed: run make lock"
+    locked = pins(lock.BENCH_LOCK)
+    for line in lock.BENCH_IN.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            requirement = Requirement(line)
+            [version] = locked[canonicalize_name(requirement.name)]
+            assert requirement.specifier.contains(version)
+    for name, version, _marker, hashes in lock.entries(lock.BENCH_LOCK):
+        assert hashes, f"{name}=={version} has no hash"
