@@ -78,3 +78,18 @@ def cpu_seconds(pid: int | str = "self") -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def daemon_env(root: Path, port: int) -> dict[str, str]:
+    """The environment of a ``retrain up`` child: this process's without its RETRAIN_ variables, the journal,
+    rules, local runs and MLflow under ``root``, the HTTP port, warnings only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
+    env.update(
+        RETRAIN_JOURNAL__PATH=str(root / "journal.db"),
+        RETRAIN_RULES__PATH=str(root / "rules"),
+        RETRAIN_KFP__LOCAL_PIPELINE_ROOT=str(root / "runs"),
+        RETRAIN_MLFLOW__TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
+        RETRAIN_HTTP__PORT=str(port),
+        RETRAIN_LOGGING__LEVEL="warning",
+    )
+    return env

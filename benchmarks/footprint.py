@@ -13,7 +13,6 @@ minimums would: ``--class-counts`` measures that).
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
-from common import ROOT, cpu_seconds, emit, peak_rss_mb, rss_mb
+from common import ROOT, cpu_seconds, daemon_env, emit, peak_rss_mb, rss_mb
 
 RULE = """name: rule{index}
 dataset: {{source: "file://{data}"}}
@@ -62,15 +61,7 @@ def main() -> None:
                 RULE.format(index=index, data=data, per_class=PER_CLASS if args.class_counts else "")
             )
         port = services.free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
-        env.update(
-            RETRAIN_JOURNAL__PATH=str(root / "journal.db"),
-            RETRAIN_RULES__PATH=str(root / "rules"),
-            RETRAIN_KFP__LOCAL_PIPELINE_ROOT=str(root / "runs"),
-            RETRAIN_MLFLOW__TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
-            RETRAIN_HTTP__PORT=str(port),
-            RETRAIN_LOGGING__LEVEL="warning",
-        )
+        env = daemon_env(root, port)
         retrain = Path(sys.executable).parent / "retrain"
         with (root / "daemon.log").open("wb") as log:
             daemon = subprocess.Popen([str(retrain), "up"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)

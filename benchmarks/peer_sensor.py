@@ -43,12 +43,11 @@ from urllib.parse import quote_plus
 
 import httpx
 import psutil
-from common import ROOT, emit, percentiles
+from common import ROOT, daemon_env, emit, percentiles
 from reconcile_scale import BUCKET, LABEL, populate
+from trigger_latency import SAMPLE, TOKEN
 
 PEER_VENV = ROOT / ".venv-bench"
-TOKEN = "bench-webhook-token-0123456789abcdef"  # noqa: S105 - a throwaway token for a local benchmark
-SAMPLE = ROOT.parent / "shared" / "events" / "minio-put-sample.json"
 RULE = """name: peer
 dataset: {{source: "s3://{bucket}/{prefix}"}}
 model: {{registered_name: peer-detector}}
@@ -125,15 +124,8 @@ def daemon_side(server: Any, root: Path, prefix: str, size: int, args: argparse.
     (root / "rules").mkdir(parents=True)
     (root / "rules" / "peer.yaml").write_text(RULE.format(bucket=BUCKET, prefix=prefix))
     port = services.free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
-    env.update(server.daemon_env())
+    env = daemon_env(root, port) | server.daemon_env()
     env.update(
-        RETRAIN_JOURNAL__PATH=str(root / "journal.db"),
-        RETRAIN_RULES__PATH=str(root / "rules"),
-        RETRAIN_KFP__LOCAL_PIPELINE_ROOT=str(root / "runs"),
-        RETRAIN_MLFLOW__TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
-        RETRAIN_HTTP__PORT=str(port),
-        RETRAIN_LOGGING__LEVEL="warning",
         RETRAIN_SOURCES__S3__ENDPOINT=server.endpoint,
         RETRAIN_SOURCES__S3__SECURE="false",
         RETRAIN_SOURCES__WEBHOOK_TOKEN=TOKEN,

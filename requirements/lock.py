@@ -171,46 +171,9 @@ def install() -> int:
     return status
 
 
-def lock() -> None:
-    digest = fingerprint()
-    for target in LOCKS:
-        command = [
-            str(Path(sys.executable).parent / "uv"),
-            "pip",
-            "compile",
-            "--quiet",
-            "--generate-hashes",
-            "--python-version",
-            PYTHON,
-            "--custom-compile-command",
-            "make lock",
-            "--constraint",
-            str(CONSTRAINTS_IN.relative_to(ROOT)),
-            "--output-file",
-            str(target.path.relative_to(ROOT)),
-        ]
-        command += ["--universal"] if target.universal else ["--python-platform", IMAGE_PLATFORM]
-        if not target.universal:
-            command += ["--constraint", str(LOCKS[0].path.relative_to(ROOT))]
-        for extra in target.extras:
-            command += ["--extra", extra]
-        # uv keeps the versions already in the lock while they fit; LOCK_UPGRADE asks for newer ones.
-        upgrade = os.environ.get("LOCK_UPGRADE", "").strip()
-        if upgrade == "all":
-            command += ["--upgrade"]
-        elif upgrade:
-            for package in upgrade.split(","):
-                command += ["--upgrade-package", package.strip()]
-        command += ["pyproject.toml", str(BUILD_IN.relative_to(ROOT))]
-        subprocess.run(command, cwd=ROOT, check=True)
-        body = target.path.read_text()
-        header = f"# Locked by `make lock` (requirements/lock.py); do not edit by hand.\n{FINGERPRINT_PREFIX}{digest}\n"
-        target.path.write_text(header + body)
-        print(f"{target.path.relative_to(ROOT)}: {len(entries(target.path))} pins")
-    lock_bench()
-
-
-def lock_bench() -> None:
+def compile_lock(output: Path, inputs: list[str], options: list[str], digest: str) -> None:
+    """Resolve ``inputs`` with uv into ``output`` (hashes; ``options`` say for which platform, which extras,
+    which constraints) and head it with the fingerprint ``digest`` of what it was resolved from."""
     command = [
         str(Path(sys.executable).parent / "uv"),
         "pip",
@@ -219,21 +182,41 @@ def lock_bench() -> None:
         "--generate-hashes",
         "--python-version",
         PYTHON,
-        "--python-platform",
-        IMAGE_PLATFORM,
         "--custom-compile-command",
         "make lock",
         "--output-file",
-        str(BENCH_LOCK.relative_to(ROOT)),
-        str(BENCH_IN.relative_to(ROOT)),
+        str(output.relative_to(ROOT)),
+        *options,
     ]
-    if os.environ.get("LOCK_UPGRADE", "").strip():
+    # uv keeps the versions already in the lock while they fit; LOCK_UPGRADE asks for newer ones.
+    upgrade = os.environ.get("LOCK_UPGRADE", "").strip()
+    if upgrade == "all":
         command += ["--upgrade"]
-    subprocess.run(command, cwd=ROOT, check=True)
-    digest = bench_fingerprint()
+    elif upgrade:
+        for package in upgrade.split(","):
+            command += ["--upgrade-package", package.strip()]
+    subprocess.run([*command, *inputs], cwd=ROOT, check=True)
     header = f"# Locked by `make lock` (requirements/lock.py); do not edit by hand.\n{FINGERPRINT_PREFIX}{digest}\n"
-    BENCH_LOCK.write_text(header + BENCH_LOCK.read_text())
-    print(f"{BENCH_LOCK.relative_to(ROOT)}: {len(entries(BENCH_LOCK))} pins")
+    output.write_text(header + output.read_text())
+    print(f"{output.relative_to(ROOT)}: {len(entries(output))} pins")
+
+
+def lock() -> None:
+    digest = fingerprint()
+    for target in LOCKS:
+        options = ["--constraint", str(CONSTRAINTS_IN.relative_to(ROOT))]
+        options += ["--universal"] if target.universal else ["--python-platform", IMAGE_PLATFORM]
+        if not target.universal:
+            options += ["--constraint", str(LOCKS[0].path.relative_to(ROOT))]
+        for extra in target.extras:
+            options += ["--extra", extra]
+        compile_lock(target.path, ["pyproject.toml", str(BUILD_IN.relative_to(ROOT))], options, digest)
+    lock_bench()
+
+
+def lock_bench() -> None:
+    options = ["--python-platform", IMAGE_PLATFORM]
+    compile_lock(BENCH_LOCK, [str(BENCH_IN.relative_to(ROOT))], options, bench_fingerprint())
 
 
 def bench_env() -> int:
