@@ -1,11 +1,13 @@
-"""watchdog's observer for one dataset folder: inotify narrowed to the events that count (or polling, on
-network volumes), and an alarm for the inotify queue overflows that watchdog only logs."""
+"""What a watcher of one dataset folder tells it (:class:`FolderEvents`), and watchdog's observers: polling on
+network volumes (NFS/SMB send no inotify events), native off Linux (FSEvents on a macOS laptop,
+ReadDirectoryChangesW on Windows). On Linux the daemon's own inotify reader (:mod:`daemon.sources.inotify`)
+watches local volumes."""
 
 from __future__ import annotations
 
-import logging
-import threading
+import sys
 from pathlib import Path
+from typing import Protocol
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -22,11 +24,38 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-#: The inotify events a folder needs (watchdog narrows the kernel's watch mask to them). Left out:
-#: modifications (a write is followed by its close, and the settle check compares size and modification
-#: time itself), opens and read-only closes (the daemon's own reads of label files would come back as
-#: events, two per file).
-INOTIFY_EVENTS: list[type[FileSystemEvent]] = [
+#: Whether folders are watched by the daemon's own inotify reader (Linux) rather than watchdog's observer.
+OWN_INOTIFY = sys.platform == "linux"
+
+
+class FolderEvents(Protocol):
+    """What a watcher tells the folder, on the watcher's thread (paths are absolute, below the folder)."""
+
+    def file_closed(self, path: str) -> None:
+        """Complete: closed after writing, or renamed (moved) into place."""
+
+    def file_appeared(self, path: str) -> None:
+        """Created or changed without a close yet (a hard link, a polled volume): complete once settled."""
+
+    def file_deleted(self, path: str) -> None:
+        """Deleted, or moved away."""
+
+    def tree_changed(self) -> None:
+        """A directory came, went or moved, or the folder itself did: a rescan sorts it out."""
+
+    def overflowed(self) -> None:
+        """The kernel dropped events: a gap, for a rescan to close."""
+
+
+class Watcher(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self, timeout_s: float = 5.0) -> None: ...
+
+
+#: The events watchdog's native observer passes on (on Linux, watchdog narrows the kernel's watch mask to
+#: them): creates, closes, moves and deletes; not modifications, opens or read-only closes.
+NATIVE_EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent,
     FileClosedEvent,
     FileMovedEvent,
@@ -37,25 +66,64 @@ INOTIFY_EVENTS: list[type[FileSystemEvent]] = [
 ]
 
 
-def observer_for(handler: FileSystemEventHandler, root: Path, *, polling: bool, poll_interval_s: float) -> BaseObserver:
-    """An observer of ``root`` and everything below it, calling ``handler`` (not started)."""
+class _Handler(FileSystemEventHandler):
+    """watchdog's events, told to the folder."""
+
+    def __init__(self, target: FolderEvents) -> None:
+        super().__init__()
+        self.target = target
+
+    def on_closed(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self.target.file_closed(_text(event.src_path))
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            self.target.tree_changed()
+            return
+        self.target.file_deleted(_text(event.src_path))
+        self.target.file_closed(_text(event.dest_path))
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            self.target.tree_changed()
+        else:
+            self.target.file_appeared(_text(event.src_path))
+
+    def on_modified(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self.target.file_appeared(_text(event.src_path))
+
+    def on_deleted(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            self.target.tree_changed()
+        else:
+            self.target.file_deleted(_text(event.src_path))
+
+
+def _text(path: str | bytes) -> str:
+    return path if isinstance(path, str) else path.decode(sys.getfilesystemencoding(), "surrogateescape")
+
+
+class _WatchdogWatcher:
+    def __init__(self, observer: BaseObserver) -> None:
+        self.observer = observer
+
+    def start(self) -> None:
+        self.observer.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self.observer.stop()
+        self.observer.join(timeout_s)
+
+
+def watchdog_watcher(target: FolderEvents, root: Path, *, polling: bool, poll_interval_s: float) -> Watcher:
+    """watchdog's polling or native observer of ``root`` and everything below it, for ``target`` (not started)."""
     observer: BaseObserver
     if polling:
         observer = PollingObserver(timeout=poll_interval_s)
-        observer.schedule(handler, str(root), recursive=True)
+        observer.schedule(_Handler(target), str(root), recursive=True)
     else:
         observer = Observer()
-        observer.schedule(handler, str(root), recursive=True, event_filter=INOTIFY_EVENTS)
-    return observer
-
-
-class OverflowAlarm(logging.Handler):
-    """watchdog logs an inotify queue overflow and tells no handler: turn the log line into a rescan."""
-
-    def __init__(self, on_overflow: threading.Event) -> None:
-        super().__init__(level=logging.WARNING)
-        self.on_overflow = on_overflow
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "overflow" in record.getMessage().lower():
-            self.on_overflow.set()
+        observer.schedule(_Handler(target), str(root), recursive=True, event_filter=NATIVE_EVENTS)
+    return _WatchdogWatcher(observer)

@@ -1,4 +1,4 @@
-"""Dataset folders on persistent volumes, watched with watchdog.
+"""Dataset folders on persistent volumes, watched with inotify (or polled, on network volumes).
 
 A file counts only when it is complete:
 
@@ -8,9 +8,9 @@ A file counts only when it is complete:
   a close: when its size and modification time stayed the same for ``settle_s``.
 
 Hidden and temporary files (``.*``, ``*.part``, ``*.tmp``, ``*.swp``, ``*~``) and anything under a
-hidden folder are ignored. inotify drops events when its queue overflows (16,384 by default) and watchdog
-only logs it, so a start-up scan, a periodic rescan and a rescan right after an overflow reconcile the
-folder with the journal's inventory.
+hidden folder are ignored. inotify drops events when its queue overflows (16,384 by default), so a start-up
+scan, a periodic rescan and a rescan right after an overflow reconcile the folder with the journal's
+inventory.
 
 Events are journaled by one background thread that wakes as soon as one is queued and takes everything
 queued by then (up to 1,000 per transaction): a burst of 10,000 files is a few dozen transactions, not
@@ -20,16 +20,12 @@ queued by then (up to 1,000 per transaction): a burst of 10,000 files is a few d
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import queue
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers.api import BaseObserver
 
 from daemon import errors, logs
 from daemon.model import events
@@ -41,7 +37,7 @@ log = logs.get_logger(__name__)
 FLUSH_BATCH = 1000
 
 
-class FolderSource(FileSystemEventHandler):
+class FolderSource:
     """Watches one dataset folder and journals complete files.
 
     Args:
@@ -68,7 +64,6 @@ class FolderSource(FileSystemEventHandler):
         settle_s: float = 5.0,
         counts_needed: Callable[[], bool] = lambda: True,
     ) -> None:
-        super().__init__()
         assert location.path is not None, "a folder source needs a file:// dataset"
         self.location = location
         self.root = location.path
@@ -90,18 +85,16 @@ class FolderSource(FileSystemEventHandler):
         self._young_seen = False
         self.failed: str | None = None
         """Why the folder cannot be watched any more (it vanished: a volume unmounted); None while it can."""
-        self._observer: BaseObserver | None = None
+        self._watcher: observing.Watcher | None = None
         self._threads: list[threading.Thread] = []
-        self._alarm = observing.OverflowAlarm(self._overflowed)
 
     # --- turning files into events ----------------------------------------------------------------
-    def _relative(self, path: str | bytes) -> str | None:
-        # String slicing, not Path.relative_to: this runs for every inotify event of every file (three or more
+    def _relative(self, path: str) -> str | None:
+        # String slicing, not Path.relative_to: this runs for every inotify event of every file (two or more
         # per file written), and the Path round trip cost 25 us of the burst's budget each time.
-        text = os.fsdecode(path)
-        if not text.startswith(self._prefix):
+        if not path.startswith(self._prefix):
             return None
-        rel = text[len(self._prefix) :]
+        rel = path[len(self._prefix) :]
         if os.sep != "/":
             rel = rel.replace(os.sep, "/")
         if not rel or folders.ignored(rel):
@@ -132,7 +125,8 @@ class FolderSource(FileSystemEventHandler):
             class_counts=counts,
         )
 
-    def _complete(self, path: str | bytes) -> None:
+    # --- what the watcher tells (its thread): observing.FolderEvents ------------------------------
+    def file_closed(self, path: str) -> None:
         rel = self._relative(path)
         if rel is None:
             return
@@ -142,7 +136,7 @@ class FolderSource(FileSystemEventHandler):
             self._queue.put(event)
             self._queued.set()
 
-    def _maybe_complete(self, path: str | bytes) -> None:
+    def file_appeared(self, path: str) -> None:
         """A file appeared (or, with the polling observer, changed): count it once it has settled, unless its
         close comes first."""
         rel = self._relative(path)
@@ -150,34 +144,12 @@ class FolderSource(FileSystemEventHandler):
             return
         self._settling.add(rel)
 
-    # --- watchdog callbacks (observer thread) -----------------------------------------------------
-    def on_closed(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self._complete(event.src_path)
-
-    def on_moved(self, event: FileSystemEvent) -> None:
-        if event.is_directory:
-            self._rescan_now.set()  # a whole folder moved in or out: let a rescan sort it out
+    def file_deleted(self, path: str) -> None:
+        rel = self._relative(path)
+        if rel is None:
             return
-        self.on_deleted(event)
-        self._complete(event.dest_path)
-
-    def on_created(self, event: FileSystemEvent) -> None:
-        if event.is_directory:
-            self._rescan_now.set()
-        else:
-            self._maybe_complete(event.src_path)
-
-    def on_modified(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self._maybe_complete(event.src_path)
-
-    def on_deleted(self, event: FileSystemEvent) -> None:
-        if event.is_directory:
-            self._rescan_now.set()
-            return
-        rel = self._relative(event.src_path)
-        if rel is None or self.location.classify(rel) is events.ItemKind.OTHER:
+        item = self.location.classify(rel)
+        if item is events.ItemKind.OTHER:
             return
         self._settling.forget(rel)
         self._queue.put(
@@ -186,7 +158,7 @@ class FolderSource(FileSystemEventHandler):
                 dataset=self.location.name,
                 key=rel,
                 kind=events.ChangeKind.DELETED,
-                item=self.location.classify(rel),
+                item=item,
                 version=None,
                 size=None,
                 time=self.clock(),
@@ -194,11 +166,17 @@ class FolderSource(FileSystemEventHandler):
         )
         self._queued.set()
 
+    def tree_changed(self) -> None:
+        self._rescan_now.set()
+
+    def overflowed(self) -> None:
+        self._overflowed.set()
+
     # --- settling, flushing, rescanning (own threads) ---------------------------------------------
     def check_settled(self) -> None:
         """Count files that stayed unchanged for ``settle_s`` (see :class:`~daemon.sources.settling.Settling`)."""
         for rel in self._settling.settled(self._version_now):
-            self._complete(self._prefix + rel)
+            self.file_closed(self._prefix + rel)
 
     def _version_now(self, rel: str) -> str | None:
         try:
@@ -345,10 +323,9 @@ class FolderSource(FileSystemEventHandler):
                 f"dataset folder {self.root} of {self.location.name} does not exist: check the rule's source and "
                 "the volume mount"
             )
-        logging.getLogger("watchdog").addHandler(self._alarm)
-        observer = observing.observer_for(self, self.root, polling=self.polling, poll_interval_s=self.poll_interval_s)
-        observer.start()
-        self._observer = observer
+        watcher = self._watcher_for_root()
+        watcher.start()
+        self._watcher = watcher
         try:
             self.rescan()
         except BaseException:
@@ -359,14 +336,19 @@ class FolderSource(FileSystemEventHandler):
         thread.start()
         self._threads.append(thread)
 
+    def _watcher_for_root(self) -> observing.Watcher:
+        if observing.OWN_INOTIFY and not self.polling:
+            from daemon.sources import inotify  # inotify-simple is installed on Linux only
+
+            return inotify.InotifyWatcher(self, self.root, name=self.name)
+        return observing.watchdog_watcher(self, self.root, polling=self.polling, poll_interval_s=self.poll_interval_s)
+
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stopping.set()
         self._queued.set()
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout_s)
+        if self._watcher is not None:
+            self._watcher.stop(timeout_s)
         for thread in self._threads:
             thread.join(timeout_s)
         self.flush()
-        logging.getLogger("watchdog").removeHandler(self._alarm)
         self.sink.board.update(self.name, connected=False)

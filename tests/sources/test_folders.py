@@ -12,7 +12,7 @@ import pytest
 
 from daemon.journal import sqlite
 from daemon.model import events
-from daemon.sources import base, datasets, watching
+from daemon.sources import base, datasets, observing, watching
 from tests.support.waiting import stays
 
 
@@ -118,6 +118,93 @@ def test_deleting_a_file_deletes_it_from_the_inventory(
     assert wait_for(lambda: keys(journal) == ["labels/train/f.txt"])
     path.unlink()
     assert wait_for(lambda: keys(journal) == [])
+
+
+@pytest.fixture(params=["own-inotify", "watchdog"])
+def either_watcher(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The daemon's own inotify reader (Linux), and watchdog's native observer (what a macOS or Windows laptop
+    gets; on Linux it is watchdog's inotify, which stands in for FSEvents here)."""
+    monkeypatch.setattr(observing, "OWN_INOTIFY", request.param == "own-inotify")
+    return str(request.param)
+
+
+# watchdog 7 warns from its reader thread when `mkdir -p` makes two levels at once (it adds one callback twice):
+# harmless in the daemon, an error under this suite's warning filters, where it ends watchdog's thread.
+@pytest.mark.filterwarnings("ignore:Callback with id:RuntimeWarning")
+def test_a_directory_made_after_start_is_watched(
+    tmp_path: Path, journal: sqlite.SqliteJournal, either_watcher: str
+) -> None:
+    root = tmp_path / "forklifts"
+    root.mkdir()
+    source = make_source(root, journal, settle_s=30.0)  # periodic rescans off; a settle that never comes
+    source.start()
+    try:
+        (root / "labels" / "val").mkdir(parents=True)
+        time.sleep(0.5)  # the new directories' watches (and the rescan that follows, which finds them empty)
+        (root / "labels" / "val" / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+        assert wait_for(lambda: keys(journal) == ["labels/val/a.txt"], timeout_s=10)
+        assert by_source(journal) == {"folder": 1}  # inotify saw it close, not a rescan
+    finally:
+        source.stop()
+
+
+def test_a_directory_moved_out_is_deleted_and_no_longer_watched(
+    tmp_path: Path, journal: sqlite.SqliteJournal, either_watcher: str
+) -> None:
+    root = tmp_path / "forklifts"
+    (root / "labels" / "old").mkdir(parents=True)
+    (root / "labels" / "old" / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    source = make_source(root, journal)
+    source.start()
+    try:
+        assert wait_for(lambda: keys(journal) == ["labels/old/a.txt"], timeout_s=10)  # once settled
+        away = tmp_path / "elsewhere"
+        os.rename(root / "labels" / "old", away)
+        assert wait_for(lambda: keys(journal) == [], timeout_s=10)
+        (away / "b.txt").write_text("0 0.5 0.5 0.1 0.1\n")  # outside the folder now: must not count
+        stays(lambda: keys(journal) == [], 1.5, "a file written in a directory moved out of the folder ignored")
+    finally:
+        source.stop()
+
+
+def test_a_directory_moved_within_is_watched_under_its_new_name(
+    tmp_path: Path, journal: sqlite.SqliteJournal, either_watcher: str
+) -> None:
+    root = tmp_path / "forklifts"
+    (root / "labels" / "incoming" / "deep").mkdir(parents=True)
+    (root / "labels" / "incoming" / "deep" / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    source = make_source(root, journal)
+    source.start()
+    try:
+        assert wait_for(lambda: keys(journal) == ["labels/incoming/deep/a.txt"], timeout_s=10)
+        os.rename(root / "labels" / "incoming", root / "labels" / "train")
+        assert wait_for(lambda: keys(journal) == ["labels/train/deep/a.txt"], timeout_s=10)
+        (root / "labels" / "train" / "deep" / "b.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+        expected = ["labels/train/deep/a.txt", "labels/train/deep/b.txt"]
+        assert wait_for(lambda: keys(journal) == expected, timeout_s=10)
+        stays(lambda: keys(journal) == expected, 1.0, "nothing under the old name")
+    finally:
+        source.stop()
+
+
+def test_the_folder_itself_gone_is_a_clear_failure_that_deletes_nothing(
+    tmp_path: Path, journal: sqlite.SqliteJournal
+) -> None:
+    """The own inotify reader hears the folder itself go (watchdog's observer does not: there, the next
+    periodic rescan finds it gone)."""
+    root = tmp_path / "forklifts"
+    (root / "labels" / "train").mkdir(parents=True)
+    (root / "labels" / "train" / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    source = make_source(root, journal)
+    source.start()
+    try:
+        assert wait_for(lambda: keys(journal) == ["labels/train/a.txt"], timeout_s=10)
+        os.rename(root, tmp_path / "elsewhere")  # as an unmounted volume: the files are not deleted, only gone
+        assert wait_for(lambda: source.failed is not None, timeout_s=10)
+        assert "forklifts is gone" in str(source.failed)
+        assert keys(journal) == ["labels/train/a.txt"]  # a vanished folder deletes nothing
+    finally:
+        source.stop()
 
 
 def test_start_up_scan_counts_what_arrived_while_down(tmp_path: Path, journal: sqlite.SqliteJournal) -> None:
