@@ -2,10 +2,12 @@
 
 For each bucket size (10k, 100k and 1M objects by default; half images, half labels, as a YOLO dataset):
 
-- the daemon's **full reconcile** (first pass, empty journal, every label's class counts read) and its
-  **incremental** pass (nothing new): time and peak RSS, each in a fresh child process so the figure is the
-  reconcile's own (a prefix larger than ``reconciling.SHARD_OBJECTS`` takes a pass per shard: the figure is
-  the whole cycle), and each against one bare listing of the same prefix (minio-py, the polling sensor's);
+- the daemon's **full reconcile** (first pass, empty journal, every label's class counts read: a rule with
+  per-class minimums or class drift), the same first pass when **no rule uses class counts** (no label
+  read), and its **incremental** pass (nothing new): time and peak RSS, each in a fresh child process so the
+  figure is the reconcile's own (a prefix larger than ``reconciling.SHARD_OBJECTS`` takes a pass per shard:
+  the figure is the whole cycle), and each against one bare listing of the same prefix (minio-py, the
+  polling sensor's);
 - a **polling sensor** (how Dagster's and Airflow's S3 sensors work): every tick lists the whole prefix and
   diffs it against the keys it saw; its listing cost per tick (seconds, LIST requests, peak RSS), and its
   detection latency: measured over a few trials with a short interval, and derived for longer intervals
@@ -72,7 +74,9 @@ def child(args: argparse.Namespace) -> None:
     location = datasets.DatasetLocation(
         name="bench", source=f"s3://{BUCKET}/{args.prefix}", bucket=BUCKET, prefix=args.prefix
     )
-    reconciler = reconciling.S3Reconciler(store=store, location=location, sink=sink, clock=sink.clock)
+    reconciler = reconciling.S3Reconciler(
+        store=store, location=location, sink=sink, clock=sink.clock, counts_needed=lambda: not args.no_counts
+    )
     before = rss_mb()
     started = time.perf_counter()
     shards = [reconciler.run_once()]  # a prefix over reconciling.SHARD_OBJECTS takes a pass per shard
@@ -95,7 +99,7 @@ def child(args: argparse.Namespace) -> None:
     )
 
 
-def reconcile_in_child(server: Any, prefix: str, journal: Path) -> dict[str, Any]:
+def reconcile_in_child(server: Any, prefix: str, journal: Path, *, counts: bool = True) -> dict[str, Any]:
     argv = [
         sys.executable,
         str(Path(__file__)),
@@ -110,6 +114,7 @@ def reconcile_in_child(server: Any, prefix: str, journal: Path) -> dict[str, Any
         prefix,
         "--journal",
         str(journal),
+        *([] if counts else ["--no-counts"]),
     ]
     done = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -193,6 +198,7 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("--endpoint", "--access-key", "--secret-key", "--prefix", "--journal"):
         parser.add_argument(name, help=argparse.SUPPRESS)
+    parser.add_argument("--no-counts", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -210,6 +216,7 @@ def main() -> None:
                 prefix = f"ds{size}/"
                 upload_s = populate(client, prefix, size)
                 journal = Path(folder) / f"journal-{size}.db"
+                uncounted = reconcile_in_child(server, prefix, Path(folder) / f"uncounted-{size}.db", counts=False)
                 full = reconcile_in_child(server, prefix, journal)
                 incremental = reconcile_in_child(server, prefix, journal)
                 trials = args.poll_trials if size < 1_000_000 else min(args.poll_trials, args.poll_trials_large)
@@ -220,10 +227,12 @@ def main() -> None:
                         "objects": size,
                         "upload_seconds": round(upload_s, 1),
                         "daemon_full_reconcile": full,
+                        "daemon_first_pass_without_counts": uncounted,
                         "daemon_incremental_reconcile": incremental,
                         "polling_sensor": poll,
                         "bare_listing_s": bare,
                         "first_pass_vs_bare_listing": round(full["seconds"] / bare, 2),
+                        "first_pass_without_counts_vs_bare_listing": round(uncounted["seconds"] / bare, 2),
                         "nothing_new_vs_bare_listing": round(incremental["seconds"] / bare, 2),
                     }
                 )

@@ -184,6 +184,7 @@ class SourceSupervisor:
             sink=self.sink,
             clock=self.clock,
             counts_needed=lambda: self.counts_needed(name),
+            shard_objects=self.config.sources.reconcile_shard_objects,
         )
         if changed is not None:
             self.journal.set_dataset_status(name, source=location.source, problem=changed, at=self.clock())

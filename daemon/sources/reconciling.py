@@ -8,11 +8,11 @@ Memory stays bounded by one listing page and one event batch, not by the bucket'
 A listing that fails half-way emits nothing for the part it did not reach: a key is reported deleted only
 when the listing has gone past it without seeing it.
 
-A very large prefix is reconciled in shards: a pass lists at most ``shard_objects`` objects (``SHARD_OBJECTS``,
-a minute or so of listing) and merges them with that key range of the inventory alone; the next pass starts
-after the last key listed, and a cycle ends when a pass reaches the end of the listing (the reconcile worker
-runs the next shard after a pause of a few times the pass, and the next cycle after the interval). A shard
-whose listing fails is listed again; a restart starts a new cycle.
+A very large prefix is reconciled in shards: a pass lists at most ``shard_objects`` objects
+(``sources.reconcile_shard_objects``, by default ``SHARD_OBJECTS``) and merges them with that key range of
+the inventory alone; the next pass starts after the last key listed, and a cycle ends when a pass reaches the
+end of the listing (the reconcile worker runs the next shard after a pause of a few times the pass, and the
+next cycle after the interval). A shard whose listing fails is listed again; a restart starts a new cycle.
 """
 
 from __future__ import annotations
@@ -245,6 +245,7 @@ class S3Reconciler:
         sink: base.EventSink,
         clock: base.Clock,
         counts_needed: Callable[[], bool] = lambda: True,
+        shard_objects: int = SHARD_OBJECTS,
     ) -> None:
         assert location.bucket is not None, "an S3 reconciler needs an s3:// dataset"
         self.store = store
@@ -254,8 +255,8 @@ class S3Reconciler:
         self.clock = clock
         self.name = f"s3_reconcile:{location.name}"
         self.counts_needed = counts_needed
-        self.shard_objects = SHARD_OBJECTS
-        """Objects one pass lists at most (0: the whole prefix)."""
+        self.shard_objects = shard_objects
+        """Objects one pass lists at most (0: the whole prefix; ``sources.reconcile_shard_objects``)."""
         self.resume_after = ""
         """Where the next pass starts: after this key, relative to the dataset root ("": a new cycle)."""
 

@@ -289,6 +289,34 @@ def test_a_large_prefix_is_reconciled_in_shards_across_passes(
     assert (whole.created, whole.deleted, whole.complete) == (0, 0, True)
 
 
+def test_the_shard_size_is_a_setting_the_supervisor_passes_on(
+    s3_server: services.S3Server, s3_bucket: str, journal: sqlite.SqliteJournal
+) -> None:
+    """``sources.reconcile_shard_objects`` from the environment: the supervisor's passes list that many objects
+    each, and say there is more until the cycle ends."""
+    from daemon.runtime import working
+
+    for i in range(5):
+        put(s3_server, s3_bucket, f"pets/labels/train/{i:03d}.txt", b"0 0.5 0.5 0.1 0.1\n")
+    config = settings.load(environ={"RETRAIN_SOURCES__RECONCILE_SHARD_OBJECTS": "2"})
+    sink = base.EventSink(journal=journal, board=base.StatusBoard(), clock=now)
+    supervisor = supervising.SourceSupervisor(config=config, sink=sink, store=store_for(s3_server), clock=now)
+    text = f"""name: pets
+dataset: {{source: "s3://{s3_bucket}/pets/"}}
+model: {{registered_name: pets-detector}}
+triggers:
+  - new_labels: {{min_new_labels: 5}}
+"""
+    [loaded] = loading.parse_text(text, file="pets.yaml").rules
+    supervisor.sync({"pets": loaded.rule})
+    supervisor.work()
+    listed = []
+    for _ in range(3):
+        more = supervisor.reconcile()
+        listed.append((len(list(journal.inventory("pets"))), more))
+    assert listed == [(2, working.MORE), (4, working.MORE), (5, None)]
+
+
 def test_a_shard_whose_listing_fails_is_listed_again(
     tmp_path: Path, s3_server: services.S3Server, s3_bucket: str, journal: sqlite.SqliteJournal
 ) -> None:
