@@ -138,7 +138,13 @@ class InotifyWatcher:
             if self._stopping.is_set():
                 return
             time.sleep(READ_DELAY_MS / 1000)
-            for event in self._inotify.read(timeout=0):
+            try:
+                batch = self._inotify.read(timeout=0)
+            except OSError as exc:  # the descriptor is unusable: deaf from here on, so say so and stop
+                if not self._stopping.is_set():
+                    self.target.watch_failed(f"inotify stopped reporting for {self.root}: {exc.strerror}")
+                return
+            for event in batch:
                 try:
                     self._dispatch(event)
                 except errors.PermanentError as exc:  # a new directory that cannot be watched
@@ -180,7 +186,8 @@ class InotifyWatcher:
 
     def _close(self) -> None:
         if self._inotify is not None:
-            self._inotify.close()
+            with contextlib.suppress(OSError):
+                self._inotify.close()
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)

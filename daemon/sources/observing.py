@@ -46,6 +46,9 @@ class FolderEvents(Protocol):
     def overflowed(self) -> None:
         """The kernel dropped events: a gap, for a rescan to close."""
 
+    def watch_failed(self, reason: str) -> None:
+        """The watcher can report nothing more: the folder is to be watched afresh."""
+
 
 class Watcher(Protocol):
     def start(self) -> None: ...

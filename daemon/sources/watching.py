@@ -172,6 +172,12 @@ class FolderSource:
     def overflowed(self) -> None:
         self._overflowed.set()
 
+    def watch_failed(self, reason: str) -> None:
+        """The watcher died: the source is failed, and the supervisor starts a new one (with a rescan)."""
+        log.error("folder_watch_lost", dataset=self.location.name, error=reason)
+        self.failed = reason
+        self.sink.board.update(self.name, connected=False, last_error=reason)
+
     # --- settling, flushing, rescanning (own threads) ---------------------------------------------
     def check_settled(self) -> None:
         """Count files that stayed unchanged for ``settle_s`` (see :class:`~daemon.sources.settling.Settling`)."""

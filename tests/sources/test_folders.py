@@ -207,6 +207,51 @@ def test_the_folder_itself_gone_is_a_clear_failure_that_deletes_nothing(
         source.stop()
 
 
+def test_a_watcher_that_stops_reporting_is_replaced_by_the_supervisor(
+    tmp_path: Path, journal: sqlite.SqliteJournal
+) -> None:
+    """The inotify descriptor turns unusable under the reader (here: /dev/null put in its place): the source
+    says it failed, and the supervisor's next pass watches the folder afresh; files keep counting."""
+    from daemon import settings
+    from daemon.rules import loading
+    from daemon.runtime import supervising
+    from daemon.sources import inotify
+
+    root = tmp_path / "forklifts"
+    (root / "labels" / "train").mkdir(parents=True)
+    text = f"""name: forklifts
+dataset: {{source: "file://{root}"}}
+model: {{registered_name: forklifts-detector}}
+triggers:
+  - new_labels: {{min_new_labels: 5}}
+"""
+    [loaded] = loading.parse_text(text, file="forklifts.yaml").rules
+    sink = base.EventSink(journal=journal, board=base.StatusBoard(), clock=lambda: datetime.now(UTC))
+    supervisor = supervising.SourceSupervisor(
+        config=settings.load(environ={}), sink=sink, store=None, clock=lambda: datetime.now(UTC)
+    )
+    supervisor.sync({"forklifts": loaded.rule})
+    supervisor.work()
+    first = supervisor.folders["forklifts"]
+    try:
+        watcher = first._watcher
+        assert isinstance(watcher, inotify.InotifyWatcher) and watcher._inotify is not None
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, watcher._inotify.fileno())  # poll says readable, the FIONREAD ioctl fails
+        os.close(null)
+        (root / "labels" / "train" / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n")  # wakes the reader: it fails
+        assert wait_for(lambda: first.failed is not None, timeout_s=10)
+        assert "inotify stopped reporting" in str(first.failed)
+        supervisor.work()
+        assert supervisor.folders["forklifts"] is not first
+        (root / "labels" / "train" / "b.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+        # a.txt, missed by the failed reader, is found by the new source's start-up scan once it settles
+        assert wait_for(lambda: keys(journal) == ["labels/train/a.txt", "labels/train/b.txt"], timeout_s=20)
+    finally:
+        for folder in supervisor.folders.values():
+            folder.stop()
+
+
 def test_start_up_scan_counts_what_arrived_while_down(tmp_path: Path, journal: sqlite.SqliteJournal) -> None:
     root = tmp_path / "forklifts"
     (root / "labels" / "train").mkdir(parents=True)
