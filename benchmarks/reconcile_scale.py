@@ -24,6 +24,7 @@ others. Populating 1M objects takes about 5 minutes of the run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import subprocess
@@ -79,12 +80,12 @@ def child(args: argparse.Namespace) -> None:
     )
     before = rss_mb()
     started = time.perf_counter()
-    shards = [reconciler.run_once()]  # a prefix over reconciling.SHARD_OBJECTS takes a pass per shard
+    shards = [reconciler.run_once()]  # a prefix over sources.reconcile_shard_objects takes a pass per shard
     while not shards[-1].complete:
         shards.append(reconciler.run_once())
     elapsed = time.perf_counter() - started
     journal.close()
-    result = sum(shards[1:], shards[0])
+    result = dataclasses.replace(sum(shards[1:], shards[0]), complete=shards[-1].complete)  # the cycle ended
     print(
         json.dumps(
             {

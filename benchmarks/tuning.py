@@ -5,7 +5,7 @@ Prints each trial's parameters, validation mAP50-95 and seconds, how many distin
 trained (weights digests), the spread of mAP, the best against the median, and the wall time. A search
 space that reached nothing (Ultralytics' ``optimizer=auto`` ignoring lr0) shows as one distinct model.
 
-    python benchmarks/tuning.py [--trials 8] [--epochs 5] [--images 96] [--imgsz 128] [--device auto]
+    python benchmarks/tuning.py [--trials 8] [--epochs 30] [--images 96] [--imgsz 128] [--device auto]
     python benchmarks/tuning.py --data ../shared/datasets/coco-mini   # a YOLO folder with data.yaml
 """
 
@@ -49,7 +49,7 @@ def dataset(root: Path, *, images: int, data: Path | None) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=30)  # at 5, no trial learns anything from scratch
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--imgsz", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
