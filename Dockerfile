@@ -26,7 +26,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     RETRAIN_HTTP__PORT=8080 \
     RETRAIN_LOGGING__FORMAT=json
 WORKDIR /app
-# The daemon's dependencies only (daemon.lock: no [train] extra, so no torch or ultralytics in this image),
+# The daemon's dependencies only (daemon.lock: no [train] extra, so no torch or ultralytics in this image, and
+# mlflow-skinny, MLflow's REST client, instead of full MLflow: mlflow.tracking_uri must be a server here),
 # in a layer of their own that a code change does not rebuild.
 COPY requirements/daemon.lock requirements/
 RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/daemon.lock

@@ -10,9 +10,10 @@
 Three locks, all resolved from ``pyproject.toml`` plus ``build.in`` (pip, setuptools and wheel: the build of
 this project itself is pinned too, installed with ``--no-build-isolation``) and ``constraints.in``:
 
-- ``dev.lock``: the project, its ``train`` and ``dev`` extras; universal (markers for every platform), so a
+- ``dev.lock``: the project, its ``local``, ``train`` and ``dev`` extras; universal (markers for every platform), so a
   laptop on any OS installs from it. ``make install`` and ``.ci/run`` use it.
-- ``daemon.lock``: the project alone, for the daemon image (linux x86_64, Python 3.11): no torch.
+- ``daemon.lock``: the project alone, for the daemon image (linux x86_64, Python 3.11): no torch, and
+  mlflow-skinny (MLflow's REST client) instead of full MLflow.
 - ``trainer.lock``: the project and its ``train`` extra, for the trainer image (linux x86_64, Python 3.11).
 
 The image locks are resolved with ``dev.lock`` as a constraint, so a package has one version everywhere.
@@ -57,7 +58,7 @@ class Lock:
 
 
 LOCKS = (
-    Lock(HERE / "dev.lock", ("train", "dev"), universal=True),
+    Lock(HERE / "dev.lock", ("local", "train", "dev"), universal=True),
     Lock(HERE / "daemon.lock", (), universal=False),
     Lock(HERE / "trainer.lock", ("train",), universal=False),
 )

@@ -24,6 +24,7 @@ that no later open accepted.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import threading
@@ -73,7 +74,28 @@ def local_store(tracking_uri: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
-def prepare_local_store(tracking_uri: str) -> None:
+#: What MLflow's database stores (``sqlite:///``, ``postgresql://``, ``mysql://``, ``mssql://``) import beyond
+#: ``mlflow-skinny``, the daemon image's MLflow: the REST client of an MLflow server.
+_STORE_MODULES = ("sqlalchemy", "alembic")
+_DATABASE_SCHEMES = re.compile(r"^(sqlite|postgresql|mysql|mssql)(\+\w+)?:", re.IGNORECASE)
+
+
+def require_store_support(uri: str, *, field: str) -> None:
+    """Refuse a database store where only ``mlflow-skinny`` is installed (the daemon image), naming the
+    setting and both remedies, instead of failing at the first run or drift check. Imports nothing."""
+    if not _DATABASE_SCHEMES.match(uri):
+        return
+    missing = [name for name in _STORE_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise errors.ConfigError(
+            f"{redaction.redact(uri)} is a database store, which needs the full MLflow package "
+            f"({', '.join(missing)} missing: this install has mlflow-skinny, the REST client only); "
+            "set it to an MLflow server's URL (http://...) or install retrain-daemon[local]",
+            field=field,
+        )
+
+
+def prepare_local_store(tracking_uri: str, *, field: str = "mlflow.tracking_uri") -> None:
     """Create a missing ``sqlite:///`` store atomically: MLflow builds it in a scratch file beside it, which is
     then hard-linked to the store's name (a link, unlike a rename, never replaces a store that another
     process created meanwhile). A process killed at any moment leaves no store, or a complete one."""
@@ -92,6 +114,7 @@ def prepare_local_store(tracking_uri: str) -> None:
     leftovers = [scratch, scratch.with_name(f"{scratch.name}-journal")]
     for file in leftovers:
         file.unlink(missing_ok=True)
+    require_store_support(tracking_uri, field=field)
     try:
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
@@ -206,7 +229,7 @@ class Mlflow:
 
                 prepare_local_store(self.tracking_uri)
                 if self.registry_uri is not None:
-                    prepare_local_store(self.registry_uri)
+                    prepare_local_store(self.registry_uri, field="mlflow.registry_uri")
 
                 self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
         return self._client

@@ -121,8 +121,12 @@ def build(
     launcher: launcher_base.Launcher | None = None,
 ) -> Parts:
     """Build every part (``launcher`` replaces the configured one: benchmarks measure without training).
-    Raises what opening the journal raises (a full or read-only volume, a newer schema)."""
+    Raises what opening the journal raises (a full or read-only volume, a newer schema), and a config error
+    for a SQLite MLflow store where only mlflow-skinny is installed."""
     registry.configure(config.mlflow)
+    registry.require_store_support(config.mlflow.tracking_uri, field="mlflow.tracking_uri")
+    if config.mlflow.registry_uri is not None:
+        registry.require_store_support(config.mlflow.registry_uri, field="mlflow.registry_uri")
     journal = sqlite.SqliteJournal(
         config.journal.path, busy_timeout_s=config.journal.busy_timeout_s, min_free_bytes=config.journal.min_free_bytes
     )

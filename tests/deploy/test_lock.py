@@ -80,7 +80,7 @@ def test_every_declared_range_is_satisfied_by_the_lock(target: object) -> None:
             assert requirement.specifier.contains(version, prereleases=True), f"{name}=={version} vs {requirement}"
 
 
-def test_the_image_locks_take_the_laptop_versions_and_the_daemon_has_no_torch() -> None:
+def test_the_image_locks_take_the_laptop_versions_and_the_daemon_has_no_torch_nor_full_mlflow() -> None:
     dev = pins(lock.LOCKS[0].path)
     daemon, trainer = pins(lock.LOCKS[1].path), pins(lock.LOCKS[2].path)
     for image in (daemon, trainer):
@@ -88,6 +88,10 @@ def test_the_image_locks_take_the_laptop_versions_and_the_daemon_has_no_torch() 
             assert versions <= dev.get(name, set()), f"{name}: {versions} in an image, {dev.get(name)} in dev.lock"
     assert set(daemon) <= set(trainer)
     assert not {"torch", "torchvision", "ultralytics"} & set(daemon)
+    # MLflow's REST client only: the server, its database layer and the data-science stack stay out.
+    assert "mlflow-skinny" in daemon
+    assert not {"mlflow", "sqlalchemy", "alembic", "pandas", "pyarrow", "scipy", "scikit-learn"} & set(daemon)
+    assert "mlflow" in trainer
 
 
 def test_the_constraints_hold_in_every_lock_that_has_the_package() -> None:
