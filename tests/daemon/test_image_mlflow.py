@@ -17,8 +17,8 @@ import pytest
 from packaging.utils import canonicalize_name
 
 from daemon.model import tags
-from tests.daemon.test_rollback import three_versions
 from tests.support import locks, processes, services
+from tests.support.registry import three_versions
 
 pytestmark = pytest.mark.services
 
