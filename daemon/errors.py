@@ -96,6 +96,19 @@ class JournalUnwritable(TemporaryError):
         )
 
 
+class NotLeader(TemporaryError):
+    """An acting write (an intent, a decision, a run's outcome, a promotion) by a replica that does not hold
+    the leader's lease of the newest epoch: refused by the shared journal, nothing of it lands.
+
+    ``leader`` names the replica that holds the lease (None: nobody now); ``fenced`` is True when this
+    replica was the leader and a newer epoch exists (it lost the lease: it must stop acting at once)."""
+
+    def __init__(self, message: str, *, leader: str | None, fenced: bool = False) -> None:
+        self.leader = leader
+        self.fenced = fenced
+        super().__init__(message)
+
+
 class JournalBug(PermanentError):
     """The journal refused a write that breaks one of its invariants (a constraint): a bug, never retried."""
 

@@ -198,7 +198,7 @@ class Reactor:
 
     def start(self) -> None:
         """Everything but the loop. Raises :class:`~daemon.errors.ConfigError` when the HTTP port is taken."""
-        log.info("daemon_starting", version=__version__, journal=str(self.config.journal.path))
+        log.info("daemon_starting", version=__version__, journal=self.journal.path)
         self.parts.liveness.mark()
         if self.config.http.enabled:
             try:

@@ -32,6 +32,7 @@ from daemon.settings_groups import (
     HttpSettings,
     JournalSettings,
     KfpSettings,
+    LeaderSettings,
     LoggingSettings,
     MlflowSettings,
     NoticeEvent,
@@ -47,6 +48,7 @@ __all__ = [
     "HttpSettings",
     "JournalSettings",
     "KfpSettings",
+    "LeaderSettings",
     "LoggingSettings",
     "MlflowSettings",
     "NoticeEvent",
@@ -68,6 +70,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     journal: JournalSettings = JournalSettings()
+    leader: LeaderSettings = LeaderSettings()
     sources: SourcesSettings = SourcesSettings()
     kfp: KfpSettings = KfpSettings()
     mlflow: MlflowSettings = MlflowSettings()

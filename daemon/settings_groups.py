@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 
 class _Group(BaseModel):
@@ -30,6 +30,43 @@ class JournalSettings(_Group):
     finished notices. The inventory, runs, snapshots and promotions are kept."""
     prune_interval_s: float = Field(default=3600.0, gt=0)
     """Seconds between two retention sweeps."""
+    url: SecretStr | None = None
+    """A PostgreSQL journal instead of the SQLite file: ``postgresql://USER@HOST:PORT/DB`` (libpq's URL or
+    ``key=value`` string). Replicas sharing it elect one leader (``leader``). Give it through
+    ``RETRAIN_JOURNAL__URL`` from a Secret when it holds the password; messages never show the password."""
+    password: SecretStr | None = None
+    """The PostgreSQL password when the URL has none (``RETRAIN_JOURNAL__PASSWORD``; libpq's ``PGPASSWORD``
+    works too)."""
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    """Seconds for a PostgreSQL connection to be set up (a server that accepts and never answers)."""
+    statement_timeout_s: float = Field(default=60.0, gt=0)
+    """PostgreSQL cancels a journal statement that runs longer, in seconds."""
+    idle_in_transaction_timeout_s: float = Field(default=10.0, gt=0)
+    """PostgreSQL ends a session idle inside a transaction this long (a paused replica cannot hold the
+    writers' lock for longer), in seconds."""
+
+
+class LeaderSettings(_Group):
+    """One leader among replicas that share a PostgreSQL journal (``journal.url``); unused with SQLite."""
+
+    ttl_s: float = Field(default=15.0, gt=0)
+    """How long the leader's lease lasts unrenewed, in seconds: a standby takes over this long after the
+    leader last renewed it (a clean stop gives it up at once)."""
+    renew_interval_s: float = Field(default=5.0, gt=0)
+    """Seconds between two renewals; must be well within the TTL (at most a third of it)."""
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    """Seconds between a standby's tries to take the lease."""
+    holder: str | None = None
+    """This replica's name in the lease; unset: the pod's name (``HOSTNAME``) with the process id."""
+
+    @model_validator(mode="after")
+    def _renew_within_ttl(self) -> LeaderSettings:
+        if self.renew_interval_s * 3 > self.ttl_s:
+            raise ValueError(
+                f"renew_interval_s ({self.renew_interval_s}) must be at most a third of ttl_s ({self.ttl_s}): a "
+                "lease renewed that late lapses on one slow renewal"
+            )
+        return self
 
 
 class S3Settings(_Group):

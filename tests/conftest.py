@@ -74,3 +74,17 @@ def coco_mini() -> Path:
     path = SHARED / "datasets" / "coco-mini"
     assert path.is_dir(), f"missing {path}: the shared folder must sit beside the checkout"
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[services.PostgresServer]:
+    """A real PostgreSQL server for the whole session (each test takes a database of its own)."""
+    workdir = tmp_path_factory.mktemp("postgres")
+    server = services.PostgresServer(workdir=workdir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        _keep_or_remove(request, workdir, "postgres")

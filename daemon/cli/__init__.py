@@ -190,9 +190,9 @@ def explain(ctx: click.Context, rule: str, history: int) -> None:
         )
         sys.exit(1)
     journal_path = config.journal.path
-    if journal_path.exists():
-        journal: base.Journal = sqlite.SqliteJournal(journal_path, busy_timeout_s=config.journal.busy_timeout_s)
-        where = str(journal_path)
+    if common.journal_exists(config):
+        journal: base.Journal = common.open_journal(config)
+        where = journal.path
     else:
         journal = sqlite.SqliteJournal(":memory:")
         where = f"{journal_path} (does not exist yet: the daemon has not run; an empty journal is shown)"
@@ -249,7 +249,7 @@ def trigger(ctx: click.Context, rule: str, reason: str) -> None:
     except operating.TriggerRefused as exc:
         click.echo(f"retrain trigger: {exc}", err=True)
         sys.exit(1)
-    journal = sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
+    journal = common.open_journal(config)
     try:
         request = operating.request_trigger(
             journal, loaded.rules, rule, reason=reason, actor=getpass.getuser(), at=datetime.now(UTC)
@@ -306,7 +306,7 @@ def rollback(ctx: click.Context, model: str, to_version: str | None, reason: str
         sys.exit(1)
     registry.configure(config.mlflow)
     mlflow = registry.Mlflow(tracking_uri=config.mlflow.tracking_uri, registry_uri=config.mlflow.registry_uri)
-    journal = sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
+    journal = common.open_journal(config)
     try:
         done = operating.rollback(
             mlflow, journal, model, to_version=to_version, reason=reason, actor=getpass.getuser(), at=datetime.now(UTC)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from daemon import journal as journals
 from daemon import settings
 from daemon.journal import base, sqlite
 
@@ -15,8 +16,19 @@ def settings_of(ctx: click.Context) -> settings.Settings:
     return value
 
 
+def journal_exists(config: settings.Settings) -> bool:
+    """Whether there is a journal to open: a PostgreSQL one always (its schema is applied on open), a SQLite
+    file once the daemon has run."""
+    return config.journal.url is not None or config.journal.path.exists()
+
+
+def open_journal(config: settings.Settings) -> base.Journal:
+    """The journal the settings name (PostgreSQL with ``journal.url``, else the SQLite file)."""
+    return journals.open_journal(config.journal)
+
+
 def journal_or_empty(config: settings.Settings) -> base.Journal:
     """The journal, or an empty one in memory before the daemon's first run (the file is not created)."""
-    if config.journal.path.exists():
-        return sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
+    if journal_exists(config):
+        return open_journal(config)
     return sqlite.SqliteJournal(":memory:")

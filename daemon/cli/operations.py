@@ -12,7 +12,6 @@ import yaml
 
 from daemon import errors, explaining
 from daemon.cli import common
-from daemon.journal import sqlite
 from daemon.model import ids
 from daemon.model import runs as runs_model
 from daemon.rules import loading
@@ -31,7 +30,7 @@ def _pause_command(ctx: click.Context, rule: str, reason: str, *, paused: bool) 
     except operating.UnknownRule as exc:
         click.echo(f"retrain {verb}: {exc} in {config.rules.path}", err=True)
         sys.exit(1)
-    journal = sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
+    journal = common.open_journal(config)
     try:
         changed = operating.set_paused(
             journal, loaded.rules, rule, paused=paused, reason=reason, actor=getpass.getuser(), at=datetime.now(UTC)
@@ -153,10 +152,10 @@ def cancel(ctx: click.Context, run_key: str, reason: str) -> None:
     from daemon.runtime import wiring
 
     config = common.settings_of(ctx)
-    if not config.journal.path.exists():
+    if not common.journal_exists(config):
         click.echo(f"retrain cancel: no run {run_key!r}: no journal at {config.journal.path} yet", err=True)
         sys.exit(1)
-    journal = sqlite.SqliteJournal(config.journal.path, busy_timeout_s=config.journal.busy_timeout_s)
+    journal = common.open_journal(config)
     launcher = wiring.make_launcher(config, os.environ)
     try:
         status = operating.cancel_run(journal, launcher, run_key, reason=reason, actor=getpass.getuser())

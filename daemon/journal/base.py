@@ -123,8 +123,61 @@ class PromotionRecord:
     at: datetime
 
 
+@dataclass(frozen=True, kw_only=True)
+class LeaseState:
+    """Who leads the replicas that share a journal, as the database has it."""
+
+    holder: str | None
+    """The replica holding the lease (None: nobody since the last one gave it up)."""
+    epoch: int
+    """How many times the lease has been taken: every acting write carries its leader's."""
+    expires_at: datetime | None
+    renewed_at: datetime | None
+    renewals: int
+    expired: bool
+    """The lease's time is up by the database's clock (a standby may take it)."""
+
+
+class Leadership(abc.ABC):
+    """The leader's lease of a journal shared by replicas (PostgreSQL). Times are the database's clock.
+
+    Taking the lease raises its epoch by one and fences this journal to it: from then on, its acting
+    writes (:mod:`daemon.journal.sql.connection`) are refused once a newer epoch exists, or once
+    ``ttl_s`` has passed on this process's monotonic clock since the last renewal began (a process paused
+    past its lease refuses its own writes before it asks the database).
+    """
+
+    @abc.abstractmethod
+    def acquire(self, holder: str, *, ttl_s: float) -> int | None:
+        """Take the lease if it is free or expired: the new epoch, or None while another replica holds it."""
+
+    @abc.abstractmethod
+    def renew(self, holder: str, *, epoch: int, ttl_s: float) -> bool:
+        """Extend the lease; False when it is no longer this holder's at this epoch (taken over)."""
+
+    @abc.abstractmethod
+    def release(self, holder: str, *, epoch: int) -> None:
+        """Give the lease up at once (a clean stop), so a standby takes it without waiting for the TTL."""
+
+    @abc.abstractmethod
+    def current(self) -> LeaseState:
+        """The lease as the database has it now."""
+
+
 class Journal(abc.ABC):
     """Where the daemon writes what happened before it acts on it."""
+
+    path: str
+    """Where it lives, as messages name it: the SQLite file, or the PostgreSQL URL without its password."""
+
+    def leadership(self) -> Leadership | None:
+        """The leader's lease where replicas share this journal; None where one process writes it (SQLite)."""
+        return None
+
+    def assert_leader(self) -> None:  # noqa: B027 - no election by default: nothing to check
+        """Raise :class:`~daemon.errors.NotLeader` unless this journal's process may act now (it holds the
+        lease of the newest epoch, or there is no election). Asked before a side effect outside the journal
+        (a submission to KFP)."""
 
     # --- events and inventory ---------------------------------------------------------------------
     @abc.abstractmethod

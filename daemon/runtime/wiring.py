@@ -15,10 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from daemon import journal as journals
 from daemon import settings
 from daemon.http import metrics as metrics_
 from daemon.journal import base as journal_base
-from daemon.journal import sqlite
 from daemon.launchers import base as launcher_base
 from daemon.launchers import local
 from daemon.model import progress as progress_
@@ -127,9 +127,7 @@ def build(
     registry.require_store_support(config.mlflow.tracking_uri, field="mlflow.tracking_uri")
     if config.mlflow.registry_uri is not None:
         registry.require_store_support(config.mlflow.registry_uri, field="mlflow.registry_uri")
-    journal = sqlite.SqliteJournal(
-        config.journal.path, busy_timeout_s=config.journal.busy_timeout_s, min_free_bytes=config.journal.min_free_bytes
-    )
+    journal = journals.open_journal(config.journal)
     board = source_base.StatusBoard()
     rulebook = reloading.RuleBook(config.rules.path)
     store = (

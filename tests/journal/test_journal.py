@@ -1,4 +1,5 @@
-"""The SQLite journal: idempotent appends, inventory, consumption, intents, run states, crash safety."""
+"""The journal on both backends (SQLite, PostgreSQL): idempotent appends, inventory, consumption, intents, run
+states, crash safety."""
 
 from __future__ import annotations
 
@@ -16,27 +17,24 @@ from pathlib import Path
 import pytest
 
 from daemon import errors
+from daemon import journal as journals
 from daemon.engine import deciding, snapshots
 from daemon.journal import base, sqlite
+from daemon.journal.sql import inventory
 from daemon.model import decisions, events, ids, outcomes, runs, state
 from tests.support.sim import T0, Simulation, label, make_rule
 
 M = timedelta(minutes=1)
 
 
-@pytest.fixture
-def journal(tmp_path: Path) -> sqlite.SqliteJournal:
-    j = sqlite.SqliteJournal(tmp_path / "journal.db")
-    yield j
-    j.close()
-
-
-def test_the_file_is_in_wal_mode(journal: sqlite.SqliteJournal) -> None:
+def test_the_sqlite_file_is_in_wal_mode(tmp_path: Path) -> None:
+    journal = sqlite.SqliteJournal(tmp_path / "journal.db")
     with contextlib.closing(sqlite3.connect(journal.path)) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    journal.close()
 
 
-def test_append_is_idempotent_across_sources(journal: sqlite.SqliteJournal) -> None:
+def test_append_is_idempotent_across_sources(journal: base.Journal) -> None:
     webhook = label("a", "etag1", source=events.Source.WEBHOOK)
     reconcile = label("a", "etag1", source=events.Source.S3_RECONCILE, kind=events.ChangeKind.CHANGED)
     assert journal.append_events([webhook], received_at=T0) == base.AppendResult(new=1, duplicates=0)
@@ -44,7 +42,7 @@ def test_append_is_idempotent_across_sources(journal: sqlite.SqliteJournal) -> N
     assert journal.event_count() == 1
 
 
-def test_inventory_tracks_versions_and_deletes(journal: sqlite.SqliteJournal) -> None:
+def test_inventory_tracks_versions_and_deletes(journal: base.Journal) -> None:
     journal.append_events([label("a", "v1"), label("b", "v1")], received_at=T0)
     journal.append_events([label("a", "v2")], received_at=T0 + M)
     journal.append_events([label("b", kind=events.ChangeKind.DELETED)], received_at=T0 + 2 * M)
@@ -61,15 +59,15 @@ def test_inventory_tracks_versions_and_deletes(journal: sqlite.SqliteJournal) ->
     assert again == base.AppendResult(new=0, duplicates=2)
 
 
-def test_reupload_of_the_same_bytes_after_a_delete_is_a_new_event(journal: sqlite.SqliteJournal) -> None:
+def test_reupload_of_the_same_bytes_after_a_delete_is_a_new_event(journal: base.Journal) -> None:
     for batch in ([label("a", "v1")], [label("a", kind=events.ChangeKind.DELETED)], [label("a", "v1")]):
         assert journal.append_events(batch, received_at=T0).new == 1
     assert [i.key for i in journal.inventory("pets")] == ["labels/train/a.txt"]
     assert journal.append_events([label("a", "v1")], received_at=T0).new == 0
 
 
-def test_inventory_streams_in_pages(journal: sqlite.SqliteJournal) -> None:
-    n = sqlite.inventory.PAGE * 2 + 17
+def test_inventory_streams_in_pages(journal: base.Journal) -> None:
+    n = inventory.PAGE * 2 + 17
     journal.append_events([label(f"k{i:05d}", "v") for i in range(n)], received_at=T0)
     keys = [i.key for i in journal.inventory("pets")]
     assert len(keys) == n
@@ -84,7 +82,7 @@ def test_images_and_labels_are_told_apart() -> None:
     assert events.classify("data.yaml") is events.ItemKind.OTHER
 
 
-def test_pending_counts_and_class_histogram(journal: sqlite.SqliteJournal) -> None:
+def test_pending_counts_and_class_histogram(journal: base.Journal) -> None:
     rule = make_rule()
     journal.append_events(
         [
@@ -101,7 +99,7 @@ def test_pending_counts_and_class_histogram(journal: sqlite.SqliteJournal) -> No
     assert st.snapshot == snapshots.fingerprint(journal.snapshot_manifest("pets"))
 
 
-def test_intent_consumes_pending_data_and_refuses_a_second_time(journal: sqlite.SqliteJournal) -> None:
+def test_intent_consumes_pending_data_and_refuses_a_second_time(journal: base.Journal) -> None:
     rule = make_rule(quiet_period="0s")
     journal.append_events([label("a"), label("b")], received_at=T0)
     launch = deciding.decide(rule, journal.rule_state(rule, now=T0), T0)
@@ -121,7 +119,7 @@ def test_intent_consumes_pending_data_and_refuses_a_second_time(journal: sqlite.
     assert journal.rule_state(other, now=T0).pending.labels == 2
 
 
-def test_intent_is_refused_when_the_data_changed_since_the_decision(journal: sqlite.SqliteJournal) -> None:
+def test_intent_is_refused_when_the_data_changed_since_the_decision(journal: base.Journal) -> None:
     rule = make_rule(quiet_period="0s")
     journal.append_events([label("a")], received_at=T0)
     launch = deciding.decide(rule, journal.rule_state(rule, now=T0), T0)
@@ -132,7 +130,7 @@ def test_intent_is_refused_when_the_data_changed_since_the_decision(journal: sql
     assert journal.get_run(launch.run_key) is None
 
 
-def test_run_states_only_move_forward(journal: sqlite.SqliteJournal) -> None:
+def test_run_states_only_move_forward(journal: base.Journal) -> None:
     sim = Simulation(rule=make_rule(quiet_period="0s"), journal=journal)
     sim.drop([label("a")])
     sim.step()
@@ -148,7 +146,7 @@ def test_run_states_only_move_forward(journal: sqlite.SqliteJournal) -> None:
     assert [r.run_key for r in journal.runs(rule="pets", states=frozenset({runs.RunState.SUCCEEDED}))] == [key]
 
 
-def test_a_run_ends_with_its_promotion_record_or_not_at_all(journal: sqlite.SqliteJournal) -> None:
+def test_a_run_ends_with_its_promotion_record_or_not_at_all(journal: base.Journal) -> None:
     sim = Simulation(rule=make_rule(quiet_period="0s"), journal=journal)
     sim.drop([label("a")])
     sim.step()
@@ -173,21 +171,21 @@ def test_a_run_ends_with_its_promotion_record_or_not_at_all(journal: sqlite.Sqli
     assert len(journal.promotions("pets-detector")) == 1
 
 
-def test_schedule_ticks_are_journaled_once(journal: sqlite.SqliteJournal) -> None:
+def test_schedule_ticks_are_journaled_once(journal: base.Journal) -> None:
     assert journal.record_tick("pets", trigger_index=1, slot=T0, at=T0)
     assert not journal.record_tick("pets", trigger_index=1, slot=T0, at=T0 + M)
     [tick] = journal.rule_state(make_rule(), now=T0).ticks
     assert tick.slot == T0
 
 
-def test_a_newer_observation_supersedes_an_unanswered_one(journal: sqlite.SqliteJournal) -> None:
+def test_a_newer_observation_supersedes_an_unanswered_one(journal: base.Journal) -> None:
     journal.record_observation("pets", kind="class_drift", trigger_index=1, value=0.1, at=T0)
     newest = journal.record_observation("pets", kind="class_drift", trigger_index=1, value=0.3, at=T0 + M)
     [obs] = journal.rule_state(make_rule(), now=T0 + M).observations
     assert (obs.id, obs.value) == (newest, 0.3)
 
 
-def test_decision_history_records_changes_not_repeats(journal: sqlite.SqliteJournal) -> None:
+def test_decision_history_records_changes_not_repeats(journal: base.Journal) -> None:
     sim = Simulation(rule=make_rule(min_new_labels=3, quiet_period="5m"), journal=journal)
     sim.drop([label("a")])
     for _ in range(5):
@@ -202,7 +200,7 @@ def test_decision_history_records_changes_not_repeats(journal: sqlite.SqliteJour
     assert journal.decisions("pets")[0].run_key == sim.launches[0].run_key
 
 
-def test_promotions_are_recorded(journal: sqlite.SqliteJournal) -> None:
+def test_promotions_are_recorded(journal: base.Journal) -> None:
     record = base.PromotionRecord(
         model="pets-detector",
         version="2",
@@ -218,15 +216,15 @@ def test_promotions_are_recorded(journal: sqlite.SqliteJournal) -> None:
     assert journal.promotions("pets-detector") == [record]
 
 
-def test_a_pause_is_journaled_survives_a_reopen_and_follows_a_rename(tmp_path: Path) -> None:
-    journal = sqlite.SqliteJournal(tmp_path / "j.db")
+def test_a_pause_is_journaled_survives_a_reopen_and_follows_a_rename(target: str) -> None:
+    journal = journals.open_target(target)
     rule = make_rule()
     assert journal.pause_of("pets") is None and journal.rule_state(rule, now=T0).paused is None
     pause = state.Pause(actor="ops", reason="camera swap", at=T0)
     assert journal.set_pause("pets", pause)
     assert not journal.set_pause("pets", state.Pause(actor="other", reason="again", at=T0 + M))  # the first stays
     journal.close()
-    journal = sqlite.SqliteJournal(tmp_path / "j.db")
+    journal = journals.open_target(target)
     assert journal.pause_of("pets") == pause and journal.rule_state(rule, now=T0).paused == pause
     assert journal.has_history("pets")
     assert journal.rename_rule("pets", "pets-v2") and journal.pause_of("pets-v2") == pause
@@ -235,7 +233,7 @@ def test_a_pause_is_journaled_survives_a_reopen_and_follows_a_rename(tmp_path: P
     journal.close()
 
 
-def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+def test_a_newer_sqlite_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     sqlite.SqliteJournal(path).close()
     with contextlib.closing(sqlite3.connect(path)) as db:
@@ -256,10 +254,10 @@ WRITER = textwrap.dedent(
     """
     import sys
     from datetime import UTC, datetime
-    from daemon.journal import sqlite
+    from daemon import journal as journals
     from daemon.model import events
 
-    journal = sqlite.SqliteJournal(sys.argv[1])
+    journal = journals.open_target(sys.argv[1])
     now = datetime(2026, 11, 23, tzinfo=UTC)
     for b in range(100000):
         batch = [
@@ -275,32 +273,31 @@ WRITER = textwrap.dedent(
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_sigkill_mid_batch_leaves_every_committed_batch_and_no_partial_one(tmp_path: Path, seed: int) -> None:
-    path = tmp_path / "journal.db"
+def test_sigkill_mid_batch_leaves_every_committed_batch_and_no_partial_one(target: str, seed: int) -> None:
     writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2]
+        [sys.executable, "-c", WRITER, target], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2]
     )
     assert writer.stdout is not None
-    target = random.Random(seed).randint(3, 12)
+    batches = random.Random(seed).randint(3, 12)
     committed = []
     for line in writer.stdout:
         committed.append(int(line))
-        if len(committed) >= target:
+        if len(committed) >= batches:
             break
     time.sleep(random.Random(seed).uniform(0, 0.05))  # land somewhere inside the next batch
     writer.send_signal(signal.SIGKILL)
     writer.wait(timeout=30)
     writer.stdout.close()
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        per_batch = dict(
-            db.execute(
-                "SELECT substr(key, 8, instr(substr(key, 8), '/') - 1) AS b, COUNT(*) FROM events GROUP BY b"
-            ).fetchall()
-        )
+    if not target.startswith("postgresql://"):
+        with contextlib.closing(sqlite3.connect(target)) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    reopened = journals.open_target(target)
+    per_batch: dict[str, int] = {}
+    for item in reopened.inventory("d"):
+        batch = item.key.split("/")[1]
+        per_batch[batch] = per_batch.get(batch, 0) + 1
     for b in committed:
         assert per_batch.get(str(b)) == 200
     assert all(count == 200 for count in per_batch.values())
-    reopened = sqlite.SqliteJournal(path)
     assert reopened.event_count() == 200 * len(per_batch)
     reopened.close()

@@ -1,6 +1,7 @@
 """The journal's failures by kind, on real volumes: a full disk and a read-only volume are reported (and the
-input kept), a constraint violation is a bug and never retried, a 0.1 journal is migrated, a renamed rule
-keeps its history, and times from the future are brought back after the clock stepped back."""
+input kept), a constraint violation is a bug and never retried (both backends), a 0.1 journal is migrated,
+a renamed rule keeps its history, and times from the future are brought back after the clock stepped back
+(both backends)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from daemon import errors
+from daemon import journal as journals
 from daemon.engine import deciding
-from daemon.journal import sqlite
+from daemon.journal import base, postgres, sqlite
 from daemon.journal.sqlite import database
 from daemon.model import decisions, ids, runs
 from tests.support import volumes
@@ -58,8 +60,9 @@ def test_a_journal_on_a_read_only_volume_is_refused_with_the_cause(tmp_path: Pat
             assert "free space or fix the volume" in str(caught.value)
 
 
-def test_a_constraint_violation_is_a_bug_not_a_busy_database(tmp_path: Path) -> None:
-    journal = sqlite.SqliteJournal(tmp_path / "journal.db")
+def test_a_constraint_violation_is_a_bug_not_a_busy_database(target: str) -> None:
+    journal = journals.open_target(target)
+    assert isinstance(journal, sqlite.SqliteJournal | postgres.PostgresJournal)
     try:
         with (
             pytest.raises(errors.JournalBug, match="violated a constraint") as caught,
@@ -122,8 +125,8 @@ def test_statements_are_split_where_sqlite_says_not_at_every_semicolon() -> None
     ]
 
 
-def test_a_renamed_rule_keeps_its_consumed_data_cooldown_and_runs() -> None:
-    sim = Simulation(make_rule(name="pets", quiet_period="0s", cooldown="1h"))
+def test_a_renamed_rule_keeps_its_consumed_data_cooldown_and_runs(journal: base.Journal) -> None:
+    sim = Simulation(make_rule(name="pets", quiet_period="0s", cooldown="1h"), journal=journal)
     sim.drop([label("a"), label("b")])
     launch = sim.step()
     assert isinstance(launch, decisions.Launch)
@@ -145,9 +148,9 @@ def test_a_renamed_rule_keeps_its_consumed_data_cooldown_and_runs() -> None:
     assert not sim.journal.rename_rule("pets", "pets-v2")  # once only: the new name has history now
 
 
-def test_times_from_the_future_are_brought_back_to_now() -> None:
+def test_times_from_the_future_are_brought_back_to_now(journal: base.Journal) -> None:
     rule = make_rule(quiet_period="10m", max_wait="1h", cooldown="0s")
-    sim = Simulation(rule)
+    sim = Simulation(rule, journal=journal)
     ahead = T0 + timedelta(days=1)  # the clock was a day ahead while these arrived
     sim.journal.append_events([label("a")], received_at=ahead)
     assert sim.journal.latest_time() == ahead
@@ -158,8 +161,8 @@ def test_times_from_the_future_are_brought_back_to_now() -> None:
     assert isinstance(decision, decisions.Launch), decision
 
 
-def test_a_dataset_problem_stops_its_rules_until_cleared() -> None:
-    sim = Simulation(make_rule(quiet_period="0s"))
+def test_a_dataset_problem_stops_its_rules_until_cleared(journal: base.Journal) -> None:
+    sim = Simulation(make_rule(quiet_period="0s"), journal=journal)
     sim.drop([label("a")])
     sim.journal.set_dataset_status("pets", source="s3://datasets/pets/", problem="S3 endpoint not set", at=T0)
     decision = sim.step()

@@ -39,9 +39,11 @@ def rows(sim: Simulation, table: str) -> int:
         return int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608
 
 
-def churned() -> Simulation:
+def churned(journal: base.Journal | None = None) -> Simulation:
     """Forty days of a rule's life: files written, rewritten and deleted, runs that consumed them, decisions."""
     sim = Simulation(rule=make_rule(min_new_labels=5, quiet_period="0s", cooldown="0s"))
+    if journal is not None:
+        sim.journal = journal
     for day in range(40):
         sim.now = T0 + day * DAY
         # Ten files rewritten every day: each day's version replaces the day before's.
@@ -59,8 +61,8 @@ def churned() -> Simulation:
     return sim
 
 
-def test_pruning_keeps_what_rules_see_and_each_present_files_current_event() -> None:
-    sim = churned()
+def test_pruning_keeps_what_rules_see_and_each_present_files_current_event(journal: base.Journal) -> None:
+    sim = churned(journal)
     sim.now = T0 + 40 * DAY
     # Then new data that no run has consumed yet, 35 days ago and today: pending must survive pruning.
     sim.journal.append_events([label("late0", at=T0 + 5 * DAY)], received_at=T0 + 5 * DAY)
@@ -102,8 +104,8 @@ def test_pruning_keeps_what_rules_see_and_each_present_files_current_event() -> 
     assert pruned.decisions == len(decided) - len(kept_decisions) > 0
 
 
-def test_old_answered_signals_and_finished_notices_go_open_ones_stay() -> None:
-    sim = Simulation(rule=make_rule(min_new_labels=1, quiet_period="0s", cooldown="0s"))
+def test_old_answered_signals_and_finished_notices_go_open_ones_stay(journal: base.Journal) -> None:
+    sim = Simulation(rule=make_rule(min_new_labels=1, quiet_period="0s", cooldown="0s"), journal=journal)
     sim.drop([label("a")])
     answered = sim.journal.request_manual("pets", reason="old one", actor="test", at=T0)
     assert isinstance(sim.step(), decisions.Launch)  # answers the request
@@ -117,8 +119,8 @@ def test_old_answered_signals_and_finished_notices_go_open_ones_stay() -> None:
     assert [r.actor for r in sim.journal.rule_state(sim.rule, now=sim.now).manual] == ["test"]
 
 
-def test_nothing_newer_than_the_cut_off_is_touched() -> None:
-    sim = churned()
+def test_nothing_newer_than_the_cut_off_is_touched(journal: base.Journal) -> None:
+    sim = churned(journal)
     counts = {table: rows(sim, table) for table in ("events", "decisions", "signals", "inventory", "runs")}
     assert sweep(sim.journal, before=T0 - DAY).removed == 0
     assert {table: rows(sim, table) for table in counts} == counts
@@ -132,6 +134,8 @@ def test_a_journal_of_schema_4_gets_its_event_total_counted_once(tmp_path: Path)
     with contextlib.closing(sqlite3.connect(path)) as db:  # back to schema 4: no running total yet
         db.execute("DROP TABLE counters")
         db.execute("DROP INDEX inventory_uncounted")  # schema 6
+        for table in ("runs", "decisions", "promotions"):  # schema 7
+            db.execute(f"ALTER TABLE {table} DROP COLUMN epoch")
         db.execute("PRAGMA user_version = 4")
         db.commit()
     reopened = journal_sqlite.SqliteJournal(path)
@@ -143,8 +147,8 @@ def test_a_journal_of_schema_4_gets_its_event_total_counted_once(tmp_path: Path)
         reopened.close()
 
 
-def test_each_rule_keeps_its_newest_decisions_however_old() -> None:
-    sim = Simulation(rule=make_rule())
+def test_each_rule_keeps_its_newest_decisions_however_old(journal: base.Journal) -> None:
+    sim = Simulation(rule=make_rule(), journal=journal)
     for rule in ("pets", "cats"):
         for i in range(10):
             code = (decisions.SkipCode.BELOW_THRESHOLD, decisions.SkipCode.QUIET_PERIOD)[i % 2]  # each one news

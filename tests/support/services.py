@@ -21,9 +21,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 class ServiceError(RuntimeError):
@@ -290,3 +292,42 @@ class MlflowServer:
     def stop(self) -> None:
         if self.service is not None:
             self.service.stop()
+
+
+class PostgresServer:
+    """A real PostgreSQL server (16, from the ``pgserver`` wheel's binaries) on a Unix socket in ``workdir``.
+
+    Each test asks for a database of its own (:meth:`create_database`); the server runs for the session.
+    As root, pgserver runs the server as a system user of its own (``pgserver``), as initdb requires.
+    """
+
+    def __init__(self, *, workdir: Path) -> None:
+        self.workdir = workdir
+        self._server: Any = None
+
+    def start(self) -> PostgresServer:
+        with warnings.catch_warnings():  # platformdirs: "XDG_RUNTIME_DIR is not set" (a root shell, CI)
+            warnings.simplefilter("ignore")
+            import pgserver  # a dev dependency: the suite's, never the daemon's
+
+        self._server = pgserver.get_server(self.workdir / "pgdata", cleanup_mode="stop")
+        return self
+
+    def url(self, database: str = "postgres") -> str:
+        """The database's URL (``postgresql://postgres:@/NAME?host=SOCKET_DIR``: no password on this socket)."""
+        return str(self._server.get_uri(database))
+
+    def create_database(self) -> str:
+        """A fresh, empty database; its URL."""
+        import psycopg
+
+        name = f"t_{secrets.token_hex(6)}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                self._server.cleanup()
+            self._server = None

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from daemon.engine import deciding
-from daemon.journal import sqlite
+from daemon.journal import base, sqlite
 from daemon.model import decisions, events, rules, runs
 from daemon.rules import loading
 
@@ -70,7 +70,7 @@ class Simulation:
 
     rule: rules.Rule
     now: datetime = T0
-    journal: sqlite.SqliteJournal = field(default_factory=lambda: sqlite.SqliteJournal(":memory:"))
+    journal: base.Journal = field(default_factory=lambda: sqlite.SqliteJournal(":memory:"))
     launches: list[decisions.Launch] = field(default_factory=list)
 
     def drop(self, batch: Iterable[events.SourceEvent]) -> None:

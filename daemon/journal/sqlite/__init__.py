@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon.journal import base
-from daemon.journal.sqlite import database, inventory, noticing, pruning, ruling, running
+from daemon.journal.sql import inventory, noticing, pruning, ruling, running
+from daemon.journal.sqlite import database
 
 
 class SqliteJournal(

@@ -28,6 +28,7 @@ from importlib import resources
 from pathlib import Path
 
 from daemon import errors
+from daemon.journal.sql import connection
 
 #: sqlite3 primary result codes (``sqlite_errorcode & 0xFF``) that mean "try again shortly".
 _BUSY = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
@@ -84,6 +85,10 @@ class Database:
         errors.PermanentError: the file is not a journal, or one written by a newer version.
         errors.JournalUnwritable: the file cannot be created or migrated (full or read-only volume).
     """
+
+    dialect: connection.Dialect = "sqlite"
+    epoch: int | None = None
+    """A SQLite journal has one writer and no election: its writes carry no epoch."""
 
     def __init__(self, path: Path | str, *, busy_timeout_s: float = 5.0, min_free_bytes: int = 0) -> None:
         self.path = str(path)
@@ -145,8 +150,9 @@ class Database:
                 db.execute(f"PRAGMA user_version = {number}")
 
     @contextlib.contextmanager
-    def transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
-        """One write transaction: all of it or none of it. SQLite failures are raised by kind (see module)."""
+    def transaction(self, doing: str, *, acting: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of it or none of it. SQLite failures are raised by kind (see module).
+        ``acting`` is for the shared journal's fencing (:mod:`daemon.journal.sql.connection`): one writer here."""
         with self.lock:
             try:
                 self.db.execute("BEGIN IMMEDIATE")
@@ -198,7 +204,7 @@ class Database:
             if free < self.min_free_bytes:
                 return f"only {free} bytes free on the journal's volume (need {self.min_free_bytes})"
         try:
-            with self.transaction("writing the readiness probe") as db:
+            with self.transaction("writing the readiness probe", acting=False) as db:
                 db.execute("UPDATE probe SET at = ? WHERE id = 1", (time.time(),))
         except errors.RetrainError as exc:
             return str(exc)

@@ -1,4 +1,4 @@
-"""Events, the inventory of every dataset, snapshots and dataset status, in SQLite.
+"""Events, the inventory of every dataset, snapshots and dataset status, in SQL (SQLite or PostgreSQL).
 
 An event is appended once (its id is deterministic) and moves the inventory: the present version of each
 key, when it was first seen and last changed, whether it is deleted and how often. Each batch is one
@@ -9,7 +9,6 @@ images; its fingerprint is cached per dataset until the inventory changes.
 from __future__ import annotations
 
 import json
-import sqlite3
 import zlib
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -17,7 +16,7 @@ from datetime import datetime
 from daemon import errors
 from daemon.engine import snapshots
 from daemon.journal import base
-from daemon.journal.sqlite import database, times
+from daemon.journal.sql import connection, times
 from daemon.model import events
 
 #: Inventory rows read per query while streaming a dataset.
@@ -26,29 +25,29 @@ PAGE = 1000
 _MANIFEST = "SELECT key, version FROM inventory WHERE dataset = ? AND deleted = 0 AND item != 'other' ORDER BY key"
 
 
-def present_manifest(db: sqlite3.Connection, dataset: str) -> list[tuple[str, str]]:
+def present_manifest(db: connection.Connection, dataset: str) -> list[tuple[str, str]]:
     """The dataset's present labels and images as sorted ``(key, version)`` pairs: the one query for it."""
     return [(row["key"], row["version"]) for row in db.execute(_MANIFEST, (dataset,))]
 
 
-def add_to_counter(db: sqlite3.Connection, name: str, delta: int) -> None:
+def add_to_counter(db: connection.Connection, name: str, delta: int) -> None:
     """Move a running total inside the caller's transaction (schema 5's ``counters``)."""
     db.execute(
-        "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + ?",
+        "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = counters.value + ?",
         (name, delta, delta),
     )
 
 
 class InventoryStore:
-    """The events-and-inventory half of :class:`~daemon.journal.sqlite.SqliteJournal`."""
+    """The events-and-inventory half of a journal (:mod:`daemon.journal.sqlite`, :mod:`daemon.journal.postgres`)."""
 
-    database: database.Database
+    database: connection.Database
     _fingerprints: dict[str, tuple[int, str | None, int]]
 
     def append_events(self, batch: Sequence[events.SourceEvent], *, received_at: datetime) -> base.AppendResult:
         new = duplicates = 0
         now = times.ts(received_at)
-        with self.database.transaction(f"appending {len(batch)} events") as db:
+        with self.database.transaction(f"appending {len(batch)} events", acting=False) as db:
             touched: set[str] = set()
             for event in batch:
                 if self._append_one(db, event, now):
@@ -59,14 +58,14 @@ class InventoryStore:
             for dataset in touched:
                 db.execute(
                     "INSERT INTO datasets (dataset, change_seq) VALUES (?, 1) "
-                    "ON CONFLICT (dataset) DO UPDATE SET change_seq = change_seq + 1",
+                    "ON CONFLICT (dataset) DO UPDATE SET change_seq = datasets.change_seq + 1",
                     (dataset,),
                 )
             if new:
                 add_to_counter(db, "events", new)
         return base.AppendResult(new=new, duplicates=duplicates)
 
-    def _append_one(self, db: sqlite3.Connection, event: events.SourceEvent, now: float) -> bool:
+    def _append_one(self, db: connection.Connection, event: events.SourceEvent, now: float) -> bool:
         row = db.execute(
             "SELECT version, deleted, deletions FROM inventory WHERE dataset = ? AND key = ?",
             (event.dataset, event.key),
@@ -85,9 +84,8 @@ class InventoryStore:
             dataset=event.dataset, key=event.key, kind=event.kind, version=version, generation=generation
         )
         inserted = db.execute(
-            "INSERT OR IGNORE INTO events "
-            "(id, source, dataset, key, kind, item, version, size, event_time, received_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (id, source, dataset, key, kind, item, version, size, event_time, received_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (
                 event_id,
                 event.source.value,
@@ -238,7 +236,7 @@ class InventoryStore:
                 "INSERT INTO datasets (dataset, change_seq, source, problem, problem_at) VALUES (?, 0, ?, ?, ?) "
                 "ON CONFLICT (dataset) DO UPDATE SET source = excluded.source, problem = excluded.problem, "
                 "problem_at = CASE WHEN excluded.problem IS NULL THEN NULL "
-                "WHEN datasets.problem IS excluded.problem THEN datasets.problem_at ELSE excluded.problem_at END",
+                "WHEN datasets.problem = excluded.problem THEN datasets.problem_at ELSE excluded.problem_at END",
                 (dataset, source, problem, times.ts(at) if problem else None),
             )
 

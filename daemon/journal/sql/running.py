@@ -1,16 +1,15 @@
-"""Runs and promotions in SQLite: states only move forward, and a run's outcome lands with its promotion
+"""Runs and promotions in SQL: states only move forward, and a run's outcome lands with its promotion
 record in one transaction."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import datetime
 from typing import Any
 
 from daemon import errors
 from daemon.journal import base
-from daemon.journal.sqlite import database, noticing, times
+from daemon.journal.sql import connection, noticing, times
 from daemon.model import ids, notices, outcomes, runs
 
 _RUN = (
@@ -20,7 +19,7 @@ _RUN = (
 _PROMOTION = "SELECT model, version, previous_version, run_key, kind, actor, reason, metrics, at FROM promotions"
 
 
-def _run(row: sqlite3.Row) -> runs.RunRecord:
+def _run(row: Any) -> runs.RunRecord:
     return runs.RunRecord(
         run_key=ids.RunKey(row["run_key"]),
         rule=row["rule"],
@@ -39,7 +38,7 @@ def _run(row: sqlite3.Row) -> runs.RunRecord:
     )
 
 
-def _promotion(row: sqlite3.Row) -> base.PromotionRecord:
+def _promotion(row: Any) -> base.PromotionRecord:
     return base.PromotionRecord(
         model=row["model"],
         version=row["version"],
@@ -53,10 +52,10 @@ def _promotion(row: sqlite3.Row) -> base.PromotionRecord:
     )
 
 
-def _insert_promotion(db: sqlite3.Connection, record: base.PromotionRecord) -> None:
+def _insert_promotion(db: connection.Connection, record: base.PromotionRecord, epoch: int | None) -> None:
     db.execute(
-        "INSERT INTO promotions (model, version, previous_version, run_key, kind, actor, reason, metrics, at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO promotions (model, version, previous_version, run_key, kind, actor, reason, metrics, at, epoch) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             record.model,
             record.version,
@@ -67,14 +66,15 @@ def _insert_promotion(db: sqlite3.Connection, record: base.PromotionRecord) -> N
             record.reason,
             json.dumps(record.metrics),
             times.ts(record.at),
+            epoch,
         ),
     )
 
 
 class RunStore:
-    """The runs half of :class:`~daemon.journal.sqlite.SqliteJournal`."""
+    """The runs half of a journal (:mod:`daemon.journal.sqlite`, :mod:`daemon.journal.postgres`)."""
 
-    database: database.Database
+    database: connection.Database
 
     def update_run(
         self,
@@ -99,7 +99,7 @@ class RunStore:
             db.execute(
                 "UPDATE runs SET state = ?, updated_at = ?, backend = COALESCE(?, backend), "
                 "backend_run_id = COALESCE(?, backend_run_id), metrics = ?, promotion = ?, "
-                "error = COALESCE(?, error) WHERE run_key = ?",
+                "error = COALESCE(?, error), epoch = ? WHERE run_key = ?",
                 (
                     new_state.value,
                     times.ts(at),
@@ -108,11 +108,12 @@ class RunStore:
                     json.dumps({**current.metrics, **(metrics or {})}),
                     json.dumps({**current.promotion, **(promotion or {})}),
                     error,
+                    self.database.epoch,
                     run_key,
                 ),
             )
             if record is not None:
-                _insert_promotion(db, record)
+                _insert_promotion(db, record, self.database.epoch)
             updated = _run(db.execute(f"{_RUN} WHERE run_key = ?", (run_key,)).fetchone())
             notice = notices.for_run(updated) if not current.state.final else None
             if notice is not None:  # told once, with the outcome it tells
@@ -148,7 +149,7 @@ class RunStore:
 
     def record_promotion(self, record: base.PromotionRecord) -> None:
         with self.database.transaction(f"recording a {record.kind} of {record.model}") as db:
-            _insert_promotion(db, record)
+            _insert_promotion(db, record, self.database.epoch)
 
     def promotions(self, model: str | None = None, *, limit: int = 20) -> list[base.PromotionRecord]:
         query = _PROMOTION

@@ -1,4 +1,4 @@
-"""Retention in SQLite: history older than the cut-off that no rule, run or snapshot needs is deleted in
+"""Retention in SQL: history older than the cut-off that no rule, run or snapshot needs is deleted in
 small transactions, so writers (a burst of events) wait for one short step at most.
 
 Events are walked in windows of their sequence numbers (the primary key: a range scan, no index on time
@@ -12,11 +12,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from daemon.journal import base
-from daemon.journal.sqlite import database, inventory, times
+from daemon.journal.sql import connection, inventory, times
 
 
 class PruneStore:
-    database: database.Database
+    database: connection.Database
 
     def prune(self, *, before: datetime, from_seq: int, window: int, keep_decisions: int) -> base.PruneStep:
         cutoff = times.ts(before)
@@ -47,12 +47,12 @@ class PruneStore:
                 (cutoff, max(0, keep_decisions - 1), window),
             ).rowcount
             signals = db.execute(
-                "DELETE FROM signals WHERE rowid IN (SELECT rowid FROM signals "
+                "DELETE FROM signals WHERE id IN (SELECT id FROM signals "
                 "WHERE answered_by IS NOT NULL AND at < ? LIMIT ?)",
                 (cutoff, window),
             ).rowcount
             notices = db.execute(
-                "DELETE FROM notices WHERE rowid IN (SELECT rowid FROM notices "
+                "DELETE FROM notices WHERE id IN (SELECT id FROM notices "
                 "WHERE done_at IS NOT NULL AND done_at < ? LIMIT ?)",
                 (cutoff, window),
             ).rowcount

@@ -1,32 +1,33 @@
-"""The notices outbox in SQLite: written once per fact (``INSERT OR IGNORE`` on the fact's id), read back by
+"""The notices outbox in SQL: written once per fact (``ON CONFLICT DO NOTHING`` on the fact's id), read back by
 the notifier until every target has it or the attempts are spent."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import datetime
+from typing import Any
 
 from daemon.journal import base
-from daemon.journal.sqlite import database, times
+from daemon.journal.sql import connection, times
 from daemon.model import notices
 
 _NOTICE = "SELECT id, kind, rule, title, body, at, attempts, delivered_to, done_at, last_error FROM notices"
 
 
-def insert_notice(db: sqlite3.Connection, notice: notices.Notice) -> bool:
+def insert_notice(db: connection.Connection, notice: notices.Notice) -> bool:
     """Add ``notice`` to the outbox inside the caller's transaction; False when it is already there."""
     at = times.ts(notice.at)
     return (
         db.execute(
-            "INSERT OR IGNORE INTO notices (id, kind, rule, title, body, at, next_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO notices (id, kind, rule, title, body, at, next_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
             (notice.id, notice.kind.value, notice.rule, notice.title, notice.body, at, at),
         ).rowcount
         > 0
     )
 
 
-def _pending(row: sqlite3.Row) -> base.PendingNotice:
+def _pending(row: Any) -> base.PendingNotice:
     return base.PendingNotice(
         notice=notices.Notice(
             id=row["id"],
@@ -44,7 +45,7 @@ def _pending(row: sqlite3.Row) -> base.PendingNotice:
 
 
 class NoticeStore:
-    database: database.Database
+    database: connection.Database
 
     def record_notice(self, notice: notices.Notice) -> bool:
         with self.database.transaction(f"recording the notice {notice.id}") as db:

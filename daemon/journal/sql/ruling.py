@@ -1,4 +1,4 @@
-"""What a rule sees and what it decided, in SQLite: pending data, intents, skips, signals, renames.
+"""What a rule sees and what it decided, in SQL: pending data, intents, skips, signals, renames.
 
 A run's intent is one transaction with the snapshot it trains on, the data it consumes (``consumed``) and
 the ticks, observations and requests it answers (``signals.answered_by``), so the same data never launches
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import zlib
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -17,7 +16,7 @@ from datetime import datetime, timedelta
 from daemon import errors
 from daemon.engine import snapshots
 from daemon.journal import base
-from daemon.journal.sqlite import database, inventory, times
+from daemon.journal.sql import connection, inventory, times
 from daemon.model import decisions, events, ids, rules, runs, state
 
 #: Triggers whose runs are keyed by the data they train on (a schedule slot or a drift observation has its own).
@@ -46,26 +45,31 @@ _PENDING_BY_ITEM = (
     "WHERE i.dataset = ? AND i.deleted = 0 AND i.item != 'other' AND (c.version IS NULL OR c.version != i.version) "
     "GROUP BY i.item"
 )
-_PENDING_BY_CLASS = (
-    "SELECT j.key, SUM(j.value) FROM inventory i, json_each(i.class_counts) j "
+_PENDING_LABELS = (
     "LEFT JOIN consumed c ON c.rule = ? AND c.dataset = i.dataset AND c.key = i.key "
     "WHERE i.dataset = ? AND i.deleted = 0 AND i.item = 'label' AND (c.version IS NULL OR c.version != i.version) "
     "GROUP BY j.key"
 )
+#: ... by dialect: SQLite's ``json_each``, PostgreSQL's ``jsonb_each_text`` (the column is JSON text in both).
+_PENDING_BY_CLASS: dict[connection.Dialect, str] = {
+    "sqlite": f"SELECT j.key, SUM(j.value) FROM inventory i, json_each(i.class_counts) j {_PENDING_LABELS}",  # noqa: S608 - constants
+    "postgres": "SELECT j.key, SUM(j.value::bigint) FROM inventory i "  # noqa: S608 - constants
+    f"CROSS JOIN LATERAL jsonb_each_text(i.class_counts::jsonb) j {_PENDING_LABELS}",
+}
 
 
 class RuleStore:
-    """The rules half of :class:`~daemon.journal.sqlite.SqliteJournal`."""
+    """The rules half of a journal (:mod:`daemon.journal.sqlite`, :mod:`daemon.journal.postgres`)."""
 
-    database: database.Database
+    database: connection.Database
     _fingerprints: dict[str, tuple[int, str | None, int]]
 
     # Provided by InventoryStore, beside which this store is mixed into the journal.
     _snapshot: Callable[[str], tuple[str | None, int]]
     dataset_status: Callable[[str], base.DatasetStatus]
 
-    def _pending(self, db: sqlite3.Connection, rule: str, dataset: str) -> state.PendingData:
-        # Aggregated by SQLite (class counts through its JSON functions): a rule with 100k pending files is
+    def _pending(self, db: connection.Connection, rule: str, dataset: str) -> state.PendingData:
+        # Aggregated by the database (class counts through its JSON functions): a rule with 100k pending files is
         # decided on without 100k rows crossing into Python at every pass of the loop.
         labels = images = 0
         first: float | None = None
@@ -79,7 +83,7 @@ class RuleStore:
             last = row[3] if last is None else max(last, row[3])
         counts: dict[str, int] = {}
         if labels:
-            for cls, n in db.execute(_PENDING_BY_CLASS, (rule, dataset)):
+            for cls, n in db.execute(_PENDING_BY_CLASS[self.database.dialect], (rule, dataset)):
                 counts[str(cls)] = int(n)
         deleted = db.execute(
             "SELECT COUNT(*) FROM inventory i JOIN consumed c ON c.rule = ? AND c.dataset = i.dataset "
@@ -166,7 +170,7 @@ class RuleStore:
 
     # --- decisions ---------------------------------------------------------------------------------
     def _record_decision(
-        self, db: sqlite3.Connection, decision: decisions.Decision, at: float, run_key: str | None
+        self, db: connection.Connection, decision: decisions.Decision, at: float, run_key: str | None
     ) -> None:
         code = decision.code.value if isinstance(decision, decisions.Skip) else decision.trigger.value
         if isinstance(decision, decisions.Skip):
@@ -183,11 +187,21 @@ class RuleStore:
             ):
                 return
         db.execute(
-            "INSERT INTO decisions (rule, at, outcome, code, reason, numbers, run_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (decision.rule, at, decision.outcome.value, code, decision.reason, json.dumps(decision.numbers), run_key),
+            "INSERT INTO decisions (rule, at, outcome, code, reason, numbers, run_key, epoch) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                decision.rule,
+                at,
+                decision.outcome.value,
+                code,
+                decision.reason,
+                json.dumps(decision.numbers),
+                run_key,
+                self.database.epoch,
+            ),
         )
 
-    def _answer(self, db: sqlite3.Connection, rule: str, ids_: Sequence[str], answered_by: str) -> None:
+    def _answer(self, db: connection.Connection, rule: str, ids_: Sequence[str], answered_by: str) -> None:
         db.executemany(
             "UPDATE signals SET answered_by = ? WHERE id = ? AND rule = ? AND answered_by IS NULL",
             [(answered_by, sid, rule) for sid in ids_],
@@ -200,8 +214,8 @@ class RuleStore:
             if db.execute("SELECT 1 FROM runs WHERE run_key = ?", (launch.run_key,)).fetchone():
                 return False
             db.execute(
-                "INSERT INTO runs (run_key, rule, state, trigger, reason, snapshot, params, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (run_key, rule, state, trigger, reason, snapshot, params, created_at, updated_at, "
+                "epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     launch.run_key,
                     launch.rule,
@@ -212,6 +226,7 @@ class RuleStore:
                     json.dumps(launch.params),
                     now,
                     now,
+                    self.database.epoch,
                 ),
             )
             if launch.snapshot is not None:
@@ -221,13 +236,15 @@ class RuleStore:
                         f"dataset {dataset} changed while run {launch.run_key} was being decided; will decide again"
                     )
                 db.execute(
-                    "INSERT OR IGNORE INTO snapshots (fingerprint, dataset, items, manifest) VALUES (?, ?, ?, ?)",
+                    "INSERT INTO snapshots (fingerprint, dataset, items, manifest) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT DO NOTHING",
                     (launch.snapshot, dataset, len(manifest), zlib.compress(json.dumps(manifest).encode())),
                 )
             # Everything present now is consumed by this run; deleted items are forgotten.
             db.execute(
-                "INSERT OR REPLACE INTO consumed (rule, dataset, key, version, run_key) "
-                "SELECT ?, dataset, key, version, ? FROM inventory WHERE dataset = ? AND deleted = 0",
+                "INSERT INTO consumed (rule, dataset, key, version, run_key) "
+                "SELECT ?, dataset, key, version, ? FROM inventory WHERE dataset = ? AND deleted = 0 "
+                "ON CONFLICT (rule, dataset, key) DO UPDATE SET version = excluded.version, run_key = excluded.run_key",
                 (launch.rule, launch.run_key, dataset),
             )
             db.execute(
@@ -270,7 +287,8 @@ class RuleStore:
         with self.database.transaction(f"recording a schedule slot of rule {rule}") as db:
             return bool(
                 db.execute(
-                    "INSERT OR IGNORE INTO signals (id, rule, kind, trigger_index, slot, at) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO signals (id, rule, kind, trigger_index, slot, at) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT DO NOTHING",
                     (sid, rule, "schedule", trigger_index, times.ts(slot), times.ts(at)),
                 ).rowcount
             )
@@ -287,29 +305,29 @@ class RuleStore:
                 (f"superseded:{sid}", rule, kind, trigger_index),
             )
             db.execute(
-                "INSERT OR IGNORE INTO signals (id, rule, kind, trigger_index, value, detail, at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO signals (id, rule, kind, trigger_index, value, detail, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (sid, rule, kind, trigger_index, value, detail, times.ts(at)),
             )
         return sid
 
     def request_manual(self, rule: str, *, reason: str, actor: str, at: datetime) -> str:
         sid = signal_id("manual", rule, actor, times.ts(at))
-        with self.database.transaction(f"recording a manual trigger of rule {rule}") as db:
+        with self.database.transaction(f"recording a manual trigger of rule {rule}", acting=False) as db:
             db.execute(
-                "INSERT OR IGNORE INTO signals (id, rule, kind, trigger_index, detail, actor, at) "
-                "VALUES (?, ?, 'manual', -1, ?, ?, ?)",
+                "INSERT INTO signals (id, rule, kind, trigger_index, detail, actor, at) "
+                "VALUES (?, ?, 'manual', -1, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (sid, rule, reason, actor, times.ts(at)),
             )
         return sid
 
     def set_pause(self, rule: str, pause: state.Pause | None) -> bool:
-        with self.database.transaction(f"{'pausing' if pause else 'resuming'} rule {rule}") as db:
+        with self.database.transaction(f"{'pausing' if pause else 'resuming'} rule {rule}", acting=False) as db:
             if pause is None:
                 return db.execute("DELETE FROM rule_pauses WHERE rule = ?", (rule,)).rowcount > 0
             return (
                 db.execute(
-                    "INSERT OR IGNORE INTO rule_pauses (rule, actor, reason, at) VALUES (?, ?, ?, ?)",
+                    "INSERT INTO rule_pauses (rule, actor, reason, at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     (rule, pause.actor, pause.reason, times.ts(pause.at)),
                 ).rowcount
                 > 0
