@@ -250,7 +250,11 @@ class Database:
         self.lock = threading.RLock()
         self.fence = Fence()
         self._write_problem: str | None = None
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self.connector.drop()
+            raise
 
     @property
     def epoch(self) -> int | None:

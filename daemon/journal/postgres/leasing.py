@@ -38,6 +38,7 @@ class PgLeadership(base.Leadership):
                 raise self.connector.failed(exc, doing) from exc
 
     def acquire(self, holder: str, *, ttl_s: float) -> int | None:
+        self.db.fence.elected = True  # from the first try on, this journal's acting writes need the lease
         began = time.monotonic()
         row = self._one(
             "taking the leader's lease",
