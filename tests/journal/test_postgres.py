@@ -122,9 +122,11 @@ def test_a_leader_that_lost_its_lease_changes_nothing(
     with pytest.raises(errors.NotLeader, match="epoch 2 holds the lease"):
         old.record_promotion(_record(launch.run_key))
     # ... and bypassing every check in the process, the database's trigger refuses a row of epoch 1.
-    with pytest.raises(psycopg.Error, match="write of epoch 1 refused: epoch 2 holds the lease") as refused:
-        with psycopg.connect(url) as raw:
-            raw.execute("UPDATE runs SET state = 'succeeded', epoch = 1")
+    with (
+        pytest.raises(psycopg.Error, match="write of epoch 1 refused: epoch 2 holds the lease") as refused,
+        psycopg.connect(url) as raw,
+    ):
+        raw.execute("UPDATE runs SET state = 'succeeded', epoch = 1")
     assert refused.value.sqlstate == database.STALE_EPOCH
     assert _rows(url, "SELECT state, epoch FROM runs") == before == [("running", 1)]
     assert _rows(url, "SELECT COUNT(*) FROM promotions") == [(0,)]
