@@ -1,14 +1,18 @@
 """The reactor: the composition root of ``retrain up``. It builds the parts, starts them, runs the loop and
 stops them; the work itself lives in :mod:`daemon.runtime`.
 
-1. start: bind the HTTP port (a taken port stops the start), load the rules, log the runs left active by
+1. start: bind the HTTP port (a taken port stops the start), load the rules; on a journal shared by
+   replicas (PostgreSQL), stand by until this replica takes the leader's lease (:mod:`daemon.runtime.leading`:
+   a standby serves HTTP and journals webhook deliveries, nothing else); then log the runs left active by
    the last life (the workers resolve them: intents are submitted or found, running runs re-attached),
    start the workers;
 2. the loop, once per ``tick_s`` and at once when a source journals new events: reload changed rule files
    (handing them to the source supervisor), then :class:`~daemon.runtime.triggering.Triggering` journals
    due schedule slots, decides every rule and commits launch intents; it only touches the journal;
 3. stop (SIGTERM/SIGINT): no new work, the journal write in progress finishes, running pipelines are left
-   alone (the next start re-attaches), exit within ``shutdown.timeout_s``.
+   alone (the next start re-attaches), the lease is given up, exit within ``shutdown.timeout_s``. A leader
+   that loses its lease stops the same way, at once, and ``retrain up`` exits with
+   :data:`~daemon.runtime.leading.EXIT_LOST_LEADERSHIP` (restarted, it stands by).
 
 Workers (each a thread, :mod:`daemon.runtime.working`): launching, tracking, drift checks, the source
 supervisor, the S3 reconciles and the reading of S3 label files' class counts (woken by every delivery).
@@ -17,6 +21,7 @@ Every failure becomes a log line and, where it concerns a run, a journaled outco
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -28,6 +33,7 @@ from daemon.launchers import base as launcher_base
 from daemon.model import rules, runs
 from daemon.runtime import (
     launching,
+    leading,
     notifying,
     pruning,
     recording,
@@ -165,11 +171,21 @@ class Reactor:
             on_intent=self.workers["launching"].wake,
             dry_run=dry_run,
         )
-        self.http = serving.HttpServer(
-            config=config.http,
-            context=serving.context(config, parts, self.supervisor.locations),
-            webhook_on=bool(config.sources.webhook_token),
+        self.leading = leading.Leading(
+            leadership=parts.journal.leadership(),
+            config=config.leader,
+            metrics=parts.metrics,
+            on_lost=self._lost_leadership,
         )
+        context = serving.context(config, parts, self.supervisor.locations)
+        context.leadership = lambda: dataclasses.asdict(self.leading.standing())
+        self.http = serving.HttpServer(
+            config=config.http, context=context, webhook_on=bool(config.sources.webhook_token)
+        )
+
+    def _lost_leadership(self, reason: str) -> None:
+        """This replica no longer leads: stop at once (the journal refuses its acting writes already)."""
+        self.stop()
 
     def _on_new(self) -> None:
         """A source journaled new events: the loop decides on them, the counting worker reads new labels."""
@@ -196,9 +212,23 @@ class Reactor:
         self._stopping.set()
         self._wake.set()
 
-    def start(self) -> None:
-        """Everything but the loop. Raises :class:`~daemon.errors.ConfigError` when the HTTP port is taken."""
-        log.info("daemon_starting", version=__version__, journal=self.journal.path)
+    @property
+    def lost_leadership(self) -> bool:
+        """Whether this replica stopped because it lost the leader's lease."""
+        return self.leading.lost.is_set()
+
+    def start(self) -> bool:
+        """Everything but the loop: serve, stand by until leading, start the work. False: a stop came while
+        standing by. Raises :class:`~daemon.errors.ConfigError` when the HTTP port is taken."""
+        self.serve()
+        if not self.leading.wait_for_lease(stopping=self._stopping.is_set, on_wait=self._stand_by):
+            return False
+        self.lead()
+        return True
+
+    def serve(self) -> None:
+        """Bind HTTP and load the rules: what every replica does, leader or standby."""
+        log.info("daemon_starting", version=__version__, journal=self.journal.path, holder=self.leading.holder)
         self.parts.liveness.mark()
         if self.config.http.enabled:
             try:
@@ -207,6 +237,18 @@ class Reactor:
                 self.parts.launcher.close()
                 self.journal.close()
                 raise
+        self.rulebook.refresh()
+
+    def _stand_by(self) -> None:
+        """A standby's pass: the rules the dashboard shows stay current, and the liveness probe passes."""
+        try:
+            self.rulebook.refresh()
+        except Exception:  # a bug in reloading must not stop a standby; traced
+            log.exception("standby_pass_crashed", action="will retry")
+        self.parts.liveness.mark()
+
+    def lead(self) -> None:
+        """Start the work only the leader does: recovered runs, the first scans, the workers."""
         self.refresh_rules(force=True)
         for run in self.journal.runs(states=runs.ACTIVE, limit=1000):
             log.info("run_recovered", run_key=run.run_key, journal_state=run.state.value)
@@ -217,10 +259,11 @@ class Reactor:
         log.info("daemon_started", rules=sorted(self.rulebook.rules), dry_run=self.triggering.dry_run)
 
     def run(self) -> None:
-        """Serve until :meth:`stop`."""
-        self.start()
+        """Serve until :meth:`stop` (or until this replica loses the leader's lease)."""
         try:
-            while not self._stopping.is_set():
+            if not self.start():
+                return
+            while not self._stopping.is_set() and not self.leading.check():
                 began = time.monotonic()
                 self.step()
                 took = time.monotonic() - began
@@ -264,6 +307,7 @@ class Reactor:
         self.http.stop(max(0.1, deadline - time.monotonic()))
         for worker in self.workers.values():
             worker.join(max(0.1, deadline - time.monotonic()))
+        self.leading.stop()  # after the workers: their last writes land before a standby takes over
         self.parts.launcher.close()
         self.journal.close()
         log.info("daemon_stopped", note="running pipelines are left alone; the next start re-attaches")

@@ -142,6 +142,11 @@ def up(ctx: click.Context, dry_run: bool) -> None:
     except errors.RetrainError as exc:
         click.echo(f"retrain up: {exc}", err=True)
         sys.exit(EXIT_CONFIG if isinstance(exc, errors.ConfigError) else 1)
+    if daemon.lost_leadership:
+        from daemon.runtime import leading
+
+        click.echo("retrain up: this replica lost the leader's lease; restart it to stand by", err=True)
+        sys.exit(leading.EXIT_LOST_LEADERSHIP)
 
 
 @main.group()

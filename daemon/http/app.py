@@ -11,6 +11,10 @@
 - ``POST /api/v1/rules/{rule}/trigger`` and ``POST /api/v1/models/{model}/rollback``: need
   ``Authorization: Bearer <http.api_token>``; with no token configured they answer 403.
 
+Every replica of an HA deployment serves all of it. Writes that only journal (webhook deliveries, manual
+triggers, pauses) land from any replica; a rollback or a cancel on a standby answers 503 naming the
+leader (the Service sends the retry to any replica; ``/api/v1/status`` says which one leads).
+
 Handlers that touch the journal or MLflow are plain functions: FastAPI runs them in its thread pool, so a
 slow MLflow never blocks the probes.
 """
@@ -89,7 +93,12 @@ def readyz(ctx: Ctx) -> JSONResponse:
         if not status.connected and status.last_error and status.name != drifting.NAME:
             checks[f"source {status.name}"] = redaction.redact(status.last_error)
     ready = all(value == "ok" for value in checks.values())
-    return JSONResponse(status_code=200 if ready else 503, content={"ready": ready, "checks": checks})
+    # A standby is ready too: it serves the dashboard and the read API and journals webhook deliveries into
+    # the shared journal, so it stays in the Service; the body says which replica leads.
+    return JSONResponse(
+        status_code=200 if ready else 503,
+        content={"ready": ready, "checks": checks, "leadership": ctx.leadership()},
+    )
 
 
 @service.get("/metrics")
@@ -112,8 +121,8 @@ api = APIRouter(prefix="/api/v1")
 
 @api.get("/status")
 def status(ctx: Ctx) -> dict[str, Any]:
-    """The document ``retrain status --json`` prints."""
-    return explaining.status_data(ctx.rulebook.rules, ctx.journal, now=ctx.clock())
+    """The document ``retrain status --json`` prints, with who leads the replicas."""
+    return {**explaining.status_data(ctx.rulebook.rules, ctx.journal, now=ctx.clock()), "leadership": ctx.leadership()}
 
 
 @api.get("/rules")
@@ -245,6 +254,7 @@ def cancel(ctx: Ctx, run_key: str, request: CancelRequest | None = None) -> dict
     if ctx.launcher is None:
         raise HTTPException(409, "this daemon has no launcher to cancel with")
     try:
+        ctx.journal.assert_leader()  # a standby refuses, naming the leader: only the leader acts on runs
         status = operating.cancel_run(ctx.journal, ctx.launcher, run_key, reason=body.reason, actor=f"api:{body.actor}")
     except errors.NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
@@ -261,6 +271,7 @@ def rollback(ctx: Ctx, model: str, request: RollbackRequest | None = None) -> di
     """Move the champion alias back, like ``retrain rollback``."""
     body = request or RollbackRequest()
     try:
+        ctx.journal.assert_leader()  # before the alias moves: a standby refuses, naming the leader
         done = operating.rollback(
             ctx.registry,
             ctx.journal,

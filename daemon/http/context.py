@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 
@@ -57,6 +57,8 @@ class Context:
     """The training progress of runs (the dashboard's curves)."""
     mlflow_ui_url: str | None = None
     """The MLflow UI the dashboard links runs and versions to (``mlflow.ui_url``); None: no links."""
+    leadership: Callable[[], dict[str, Any]] = lambda: {"role": "single"}
+    """Who leads the replicas (``role``: leader, standby or single; ``holder``, ``leader``, ``epoch``)."""
 
 
 def _context(request: Request) -> Context:

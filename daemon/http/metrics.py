@@ -18,6 +18,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     GCCollector,
     Histogram,
     Info,
@@ -88,6 +89,22 @@ class Metrics:
         )
         self.loop_errors = Counter(
             "retrain_loop_errors", "Loop passes that ended in an error (logged).", registry=self.registry
+        )
+        self.leader = Gauge(
+            "retrain_leader",
+            "1 while this replica leads (it runs sources, decisions, launches and the run watcher), 0 while it "
+            "is a standby (it serves the dashboard, the read API and the webhook). A single SQLite replica is 1.",
+            registry=self.registry,
+        )
+        self.leader_epoch = Gauge(
+            "retrain_leader_epoch", "The lease's epoch this replica leads at (0 while standby).", registry=self.registry
+        )
+        self.lease_renewals = Counter(
+            "retrain_lease_renewals",
+            "Renewals of the leader's lease by this replica, by result: ok, failed (the database did not answer; "
+            "retried within the TTL), lost (taken over, or the TTL passed without one).",
+            ["result"],
+            registry=self.registry,
         )
         self.registry.register(_StateCollector(board, journal, rulebook, clock, since_last_pass))
         # The process (memory, CPU, open files), the Python runtime and the build, as every exporter has them.

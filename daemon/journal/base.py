@@ -136,6 +136,8 @@ class LeaseState:
     renewals: int
     expired: bool
     """The lease's time is up by the database's clock (a standby may take it)."""
+    expires_in_s: float = 0.0
+    """Seconds until it expires unrenewed, by the database's clock (0 once expired)."""
 
 
 class Leadership(abc.ABC):
@@ -162,6 +164,11 @@ class Leadership(abc.ABC):
     @abc.abstractmethod
     def current(self) -> LeaseState:
         """The lease as the database has it now."""
+
+    @abc.abstractmethod
+    def fenced(self) -> bool:
+        """True once this process held the lease and learnt it no longer does (a write refused for a newer
+        epoch, a renewal refused, or its TTL passed on this process's clock without a renewal)."""
 
 
 class Journal(abc.ABC):

@@ -71,6 +71,7 @@ class Launching:
             log.warning("run_abandoned", reason="rule removed before the run could start")
             return True
         try:
+            self.journal.assert_leader()  # a replica that lost the lease submits nothing (KFP is outside the fence)
             status = self.launcher.find(run.run_key) or self.launcher.submit(run.run_key, self.spec(loaded.rule, run))
         except errors.TemporaryError as exc:
             log.info("run_waiting_for_launcher", reason=str(exc))

@@ -10,7 +10,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from daemon.journal import sqlite
+from daemon import journal as journals
+from daemon.journal import base
 from tests.support.paths import RETRAIN
 from tests.support.waiting import wait_until
 
@@ -23,10 +24,17 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60
 
 
 class Daemon:
-    """`retrain up` as a real process, with its settings in the environment."""
+    """`retrain up` as a real process, with its settings in the environment.
 
-    def __init__(self, tmp: Path) -> None:
+    ``journal_url``: a PostgreSQL journal instead of ``tmp/journal.db``; ``name``: a replica's name (its logs
+    are ``daemon-NAME-N.log``), for several replicas sharing ``tmp`` (rules, data, runs, MLflow) and one
+    database.
+    """
+
+    def __init__(self, tmp: Path, *, journal_url: str | None = None, name: str = "") -> None:
         self.tmp = tmp
+        self.journal_url = journal_url
+        self.name = name
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
         self.env.update(
             RETRAIN_JOURNAL__PATH=str(tmp / "journal.db"),
@@ -36,13 +44,15 @@ class Daemon:
             RETRAIN_LOGGING__FORMAT="json",
             RETRAIN_HTTP__PORT="0",
         )
+        if journal_url is not None:
+            self.env.update(RETRAIN_JOURNAL__URL=journal_url, RETRAIN_LEADER__HOLDER=name or "replica")
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     def start(self, *options: str) -> None:
         """``retrain up OPTIONS...`` (a new life: its own log file)."""
         self.starts += 1
-        with (self.tmp / f"daemon-{self.starts}.log").open("wb") as log:
+        with self.log_path().open("wb") as log:
             self.process = subprocess.Popen(
                 [RETRAIN, "up", *options], env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
@@ -57,11 +67,19 @@ class Daemon:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(60)
 
-    def journal(self) -> sqlite.SqliteJournal:
-        return sqlite.SqliteJournal(self.tmp / "journal.db")
+    def log_path(self, life: int | None = None) -> Path:
+        """The log of one life (default: the current one)."""
+        prefix = f"daemon-{self.name}" if self.name else "daemon"
+        return self.tmp / f"{prefix}-{self.starts if life is None else life}.log"
+
+    def journal(self) -> base.Journal:
+        return journals.open_target(self.journal_url or self.tmp / "journal.db")
+
+    def has_journal(self) -> bool:
+        return self.journal_url is not None or (self.tmp / "journal.db").exists()
 
     def log_tail(self) -> str:
-        return (self.tmp / f"daemon-{self.starts}.log").read_text(errors="replace")[-3000:]
+        return self.log_path().read_text(errors="replace")[-3000:]
 
     def explain(self) -> str:
         """What a stuck wait needs to be understood: the process, every run the journal holds, the log's end."""
@@ -70,7 +88,7 @@ class Daemon:
             f"daemon life {self.starts}: "
             + ("running" if alive else f"exited ({self.process and self.process.returncode})")
         ]
-        if (self.tmp / "journal.db").exists():
+        if self.has_journal():
             journal = self.journal()
             try:
                 lines.extend(
@@ -83,7 +101,7 @@ class Daemon:
 
     def logged(self, event: str) -> list[dict[str, object]]:
         found = []
-        for log in sorted(self.tmp.glob("daemon-*.log")):
+        for log in sorted(self.tmp.glob(f"daemon-{self.name + '-' if self.name else ''}*.log")):
             for line in log.read_text(errors="replace").splitlines():
                 if f'"{event}"' in line:
                     try:
@@ -94,7 +112,7 @@ class Daemon:
 
     def wait_started(self) -> None:
         """Until this life logged ``daemon_started`` (a SIGTERM before the handlers exist is not a stop)."""
-        log = self.tmp / f"daemon-{self.starts}.log"
+        log = self.log_path()
         wait_until(lambda: '"daemon_started"' in log.read_text(errors="replace"), 60, "the daemon to start")
 
     def port(self) -> int:
@@ -102,15 +120,15 @@ class Daemon:
         return int(self._listening()[-1]["port"])  # type: ignore[call-overload]
 
     def _listening(self) -> list[dict[str, object]]:
-        log = self.tmp / f"daemon-{self.starts}.log"
+        log = self.log_path()
         return [json.loads(line) for line in log.read_text(errors="replace").splitlines() if '"http_listening"' in line]
 
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port()}"
 
 
-def count(d: Daemon, what: Callable[[sqlite.SqliteJournal], int]) -> int:
-    if not (d.tmp / "journal.db").exists():
+def count(d: Daemon, what: Callable[[base.Journal], int]) -> int:
+    if not d.has_journal():
         return 0
     journal = d.journal()
     try:

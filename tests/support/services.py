@@ -310,6 +310,7 @@ class PostgresServer:
             warnings.simplefilter("ignore")
             import pgserver  # a dev dependency: the suite's, never the daemon's
 
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self._server = pgserver.get_server(self.workdir / "pgdata", cleanup_mode="stop")
         return self
 

@@ -84,14 +84,14 @@ class PgLeadership(base.Leadership):
     def current(self) -> base.LeaseState:
         row = self._one(
             "reading the leader's lease",
-            "SELECT holder, epoch, expires_at, renewed_at, renewals, expires_at < clock_timestamp() "
-            "FROM leader_lease WHERE id = 1",
+            "SELECT holder, epoch, expires_at, renewed_at, renewals, expires_at < clock_timestamp(), "
+            "GREATEST(0, EXTRACT(EPOCH FROM expires_at - clock_timestamp()))::float8 FROM leader_lease WHERE id = 1",
             (),
             locked=False,
         )
         if row is None:
             return base.LeaseState(holder=None, epoch=0, expires_at=None, renewed_at=None, renewals=0, expired=True)
-        holder, epoch, expires_at, renewed_at, renewals, expired = row
+        holder, epoch, expires_at, renewed_at, renewals, expired, expires_in = row
         return base.LeaseState(
             holder=holder if isinstance(holder, str) else None,
             epoch=int(str(epoch)),
@@ -99,7 +99,14 @@ class PgLeadership(base.Leadership):
             renewed_at=_aware(renewed_at),
             renewals=int(str(renewals)),
             expired=bool(expired),
+            expires_in_s=float(str(expires_in)),
         )
+
+    def fenced(self) -> bool:
+        fence = self.db.fence
+        if fence.epoch is not None and time.monotonic() > fence.valid_until:
+            fence.lose()
+        return fence.lost.is_set()
 
     def close(self) -> None:
         with self.lock:
