@@ -22,7 +22,7 @@ from daemon.rules import loading
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-OVERLAYS = ["base", "overlays/kubeflow-multi-user", "overlays/pv-datasets"]
+OVERLAYS = ["base", "overlays/kubeflow-multi-user", "overlays/pv-datasets", "overlays/ha"]
 #: The oldest Kubernetes these manifests are meant for, and the newest schemas bundled.
 VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 SECRET_ENV = re.compile(r"(TOKEN|KEY|SECRET|PASSWORD)", re.IGNORECASE)
@@ -85,8 +85,9 @@ def test_the_pod_runs_restricted(overlay: str) -> None:
     docs = rendered(overlay)
     deployment = one(docs, "Deployment", "retrain-daemon")
     pod = deployment["spec"]["template"]["spec"]
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # one journal writer, ever
+    if overlay != "overlays/ha":
+        assert deployment["spec"]["replicas"] == 1
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # one SQLite journal writer, ever
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 10001  # the Dockerfile's user
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -143,6 +144,10 @@ def test_everything_the_daemon_writes_is_a_volume(overlay: str) -> None:
         assert mount is not None, f"{path} is on the read-only root filesystem"
         assert not mount.get("readOnly"), path
     volumes = {v["name"]: v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    if config.journal.url is not None:  # the journal is a PostgreSQL database: no volume holds it
+        assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+        assert not [v for v in volumes.values() if "persistentVolumeClaim" in v]
+        return
     journal = volumes[mounted(docs, config.journal.path)["name"]]  # type: ignore[index]
     claim = one(docs, "PersistentVolumeClaim", journal["persistentVolumeClaim"]["claimName"])
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]  # SQLite WAL: never a network filesystem
@@ -202,6 +207,8 @@ def test_no_manifest_carries_a_secret_value(overlay: str) -> None:
         if SECRET_ENV.search(name):
             assert "value" not in item, f"{name} is written in the manifest"
             assert item["valueFrom"]["secretKeyRef"]["name"] in ("retrain-daemon", "retrain-s3")
+        if name == "RETRAIN_JOURNAL__URL":  # it holds the database's password
+            assert item["valueFrom"]["secretKeyRef"] == {"name": "retrain-journal", "key": "url"}
     for doc in docs:
         if doc["kind"] == "ConfigMap":
             for text in doc["data"].values():
@@ -225,13 +232,13 @@ def _secret_keys(document: Any, path: str = "") -> list[str]:
 
 def test_the_example_secrets_hold_placeholders_only() -> None:
     docs = [d for d in yaml.safe_load_all((DEPLOY / "secrets.example.yaml").read_text()) if d]
-    assert {d["metadata"]["name"] for d in docs} == {"retrain-daemon", "retrain-s3"}
+    assert {d["metadata"]["name"] for d in docs} == {"retrain-daemon", "retrain-s3", "retrain-journal"}
     for doc in docs:
         kubernetes_validate.validate(doc, VERSIONS[-1], strict=True)
         for value in doc["stringData"].values():
             assert value.startswith("<") and value.endswith(">"), value
     names = {(d["metadata"]["name"], key) for d in docs for key in d["stringData"]}
-    for item in env_of(rendered("base")).values():
+    for item in [*env_of(rendered("base")).values(), *env_of(rendered("overlays/ha")).values()]:
         ref = item.get("valueFrom", {}).get("secretKeyRef")
         if ref:
             assert (ref["name"], ref["key"]) in names  # every key the Deployment reads is documented
@@ -311,3 +318,29 @@ def test_file_datasets_are_mounted_read_only_where_the_runs_see_them_too() -> No
     assert config.sources.folder_polling is True  # NFS sends no inotify events
     [rule] = list(loading.load_paths([ROOT / "rules" / "pv"]).rules.values())
     assert rule.rule.dataset.source.startswith(f"file://{config.pipeline.dataset_mount_path}/")
+
+
+def test_the_ha_overlay_runs_two_replicas_on_two_nodes_on_the_postgresql_journal() -> None:
+    docs = rendered("overlays/ha")
+    deployment = one(docs, "Deployment", "retrain-daemon")
+    pod = deployment["spec"]["template"]["spec"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["replicas"] == 2
+    # One pod at a time and no surge: with required anti-affinity a surge pod would find no node.
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
+    [term] = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"].items() <= labels.items()
+    budget = one(docs, "PodDisruptionBudget", "retrain-daemon")
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    env = env_of(docs)
+    assert env["RETRAIN_LEADER__HOLDER"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    config = config_of(docs)
+    assert config.journal.url is not None
+    assert config.leader.renew_interval_s * 3 <= config.leader.ttl_s
+    # Both replicas answer /readyz (a standby journals webhook deliveries): the Service keeps both.
+    assert container(docs)["readinessProbe"]["httpGet"]["path"] == "/readyz"
