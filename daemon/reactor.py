@@ -238,11 +238,14 @@ class Reactor:
                 self.journal.close()
                 raise
         self.rulebook.refresh()
+        self.supervisor.sync(self.rule_map())  # the webhook maps keys to datasets with it, on any replica
 
     def _stand_by(self) -> None:
-        """A standby's pass: the rules the dashboard shows stay current, and the liveness probe passes."""
+        """A standby's pass: the rules the dashboard shows and the webhook maps keys with stay current, and
+        the liveness probe passes. It starts no source and decides nothing."""
         try:
-            self.rulebook.refresh()
+            if self.rulebook.refresh().changed:
+                self.supervisor.sync(self.rule_map())
         except Exception:  # a bug in reloading must not stop a standby; traced
             log.exception("standby_pass_crashed", action="will retry")
         self.parts.liveness.mark()
