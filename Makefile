@@ -69,10 +69,10 @@ OVERLAY ?= base
 manifests: install
 	@$(BIN)/kubectl kustomize deploy/$(OVERLAY)
 
-# Every benchmark, one JSON object each (copies in benchmarks/results/). About 75 minutes on 2 cores,
+# Every benchmark, one JSON object each (copies in benchmarks/results/). About 85 minutes on 2 cores,
 # half of it reconcile_scale at 1M objects (uploading them is 11 minutes).
 # peer_sensor runs Dagster beside the daemon, from its own .venv-bench (requirements/bench.lock).
-BENCHMARKS := ingest trigger_latency reconcile_scale footprint retention pipeline_overhead tuning peer_sensor
+BENCHMARKS := ingest trigger_latency reconcile_scale footprint retention pipeline_overhead tuning peer_sensor failover
 bench: install
 	@$(BIN)/python requirements/lock.py bench-env
 	@set -e; for name in $(BENCHMARKS); do echo "== benchmarks/$$name.py" >&2; $(BIN)/python benchmarks/$$name.py; done

@@ -11,7 +11,11 @@ journaling, deciding, the intent, the manifest and the launcher call. Each trial
 - **reconcile**: uploaded to the real S3 server and found by the periodic reconcile
   (``sources.reconcile_interval_s``, 1 s here; 300 s by default), timed from the start of the upload.
 
+The same trials on a PostgreSQL journal (a local PostgreSQL 16 server, the suite's, one replica holding the
+lease) are ``on_postgres`` (``--postgres-sources``, folder and webhook by default).
+
     python benchmarks/trigger_latency.py [--trials 200] [--sources folder,webhook,reconcile]
+                                         [--postgres-sources folder,webhook]
 """
 
 from __future__ import annotations
@@ -73,13 +77,20 @@ class RecordingLauncher(launcher_base.Launcher):
             return self.calls[count - 1][1]
 
 
+#: The PostgreSQL server of ``on_postgres`` trials (None: the SQLite journal).
+POSTGRES: Any = None
+
+
 class Bench:
     def __init__(self, folder: Path, source: str, *overrides: str, environ: dict[str, str] | None = None) -> None:
         rules = folder / "rules"
         rules.mkdir(parents=True)
         (rules / "latency.yaml").write_text(RULE.format(source=source))
+        environ = dict(environ or {})
+        if POSTGRES is not None:
+            environ["RETRAIN_JOURNAL__URL"] = POSTGRES.create_database()
         config = settings.load(
-            environ=environ or {},
+            environ=environ,
             overrides=[
                 f"journal.path={folder / 'journal.db'}",
                 f"rules.path={rules}",
@@ -180,17 +191,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--sources", default="folder,webhook,reconcile")
+    parser.add_argument("--postgres-sources", default="folder,webhook", help="the same on PostgreSQL ('' for none)")
     args = parser.parse_args()
-    results: dict[str, Any] = {}
-    for source in args.sources.split(","):
-        with tempfile.TemporaryDirectory(prefix="retrain-bench-") as folder:
-            if source == "folder":
-                latencies = folder_trials(Path(folder), args.trials)
-            else:
-                uploads: list[float] = []
-                latencies = s3_trials(Path(folder), args.trials, via=source, uploads=uploads)
-                results[f"{source}_upload"] = percentiles(uploads)
-        results[source] = percentiles(latencies)
+    results = trials(args.sources, args.trials)
+    on_postgres: dict[str, Any] = {}
+    if args.postgres_sources:
+        global POSTGRES
+        from tests.support import services
+
+        with tempfile.TemporaryDirectory(prefix="retrain-bench-pg-") as folder:
+            POSTGRES = services.PostgresServer(workdir=Path(folder) / "postgres").start()
+            try:
+                on_postgres = trials(args.postgres_sources, args.trials)
+            finally:
+                POSTGRES.stop()
+                POSTGRES = None
     emit(
         "trigger_latency",
         {
@@ -199,8 +214,23 @@ def main() -> None:
             "reconcile_interval_s": 1,
             "loop_tick_s": 1.0,
             "sources": results,
+            "on_postgres": on_postgres,
         },
     )
+
+
+def trials(sources: str, count: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for source in sources.split(","):
+        with tempfile.TemporaryDirectory(prefix="retrain-bench-") as folder:
+            if source == "folder":
+                latencies = folder_trials(Path(folder), count)
+            else:
+                uploads: list[float] = []
+                latencies = s3_trials(Path(folder), count, via=source, uploads=uploads)
+                results[f"{source}_upload"] = percentiles(uploads)
+        results[source] = percentiles(latencies)
+    return results
 
 
 if __name__ == "__main__":

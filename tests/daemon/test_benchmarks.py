@@ -37,14 +37,25 @@ def bench(name: str, *args: str, tmp_path: Path) -> dict[str, object]:
 
 def test_ingest(tmp_path: Path) -> None:
     figures = bench("ingest", "--bursts", "2000", tmp_path=tmp_path)
-    [burst] = figures["bursts"]  # type: ignore[misc]
-    assert (burst["new"], burst["duplicates"]) == (1000, 1000)
+    for backend in ("bursts", "postgres_bursts"):
+        [burst] = figures[backend]  # type: ignore[misc]
+        assert (burst["new"], burst["duplicates"]) == (1000, 1000)
 
 
 def test_trigger_latency(tmp_path: Path) -> None:
     figures = bench("trigger_latency", "--trials", "3", "--sources", "folder,webhook,reconcile", tmp_path=tmp_path)
     for source in ("folder", "webhook", "reconcile"):
         assert figures["sources"][source]["n"] == 3  # type: ignore[index]
+    for source in ("folder", "webhook"):
+        assert figures["on_postgres"][source]["n"] == 3  # type: ignore[index]
+
+
+def test_failover(tmp_path: Path) -> None:
+    figures = bench(
+        "failover", "--kills", "2", "--stops", "1", "--ttl", "2", "--renew", "0.5", "--poll", "0.2", tmp_path=tmp_path
+    )
+    assert figures["sigkill"]["lease"]["n"] == 2  # type: ignore[index]
+    assert figures["sigterm"]["leading"]["n"] == 1  # type: ignore[index]
 
 
 def test_reconcile_scale(tmp_path: Path) -> None:
