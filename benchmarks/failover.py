@@ -79,6 +79,7 @@ def main() -> None:
                 replicas[name] = Daemon(tmp, journal_url=url, name=name)
                 replicas[name].env.update(
                     RETRAIN_LEADER__TTL_S=str(args.ttl),
+                    RETRAIN_JOURNAL__IDLE_IN_TRANSACTION_TIMEOUT_S=str(min(10.0, args.ttl / 2)),
                     RETRAIN_LEADER__RENEW_INTERVAL_S=str(args.renew),
                     RETRAIN_LEADER__POLL_INTERVAL_S=str(args.poll),
                     RETRAIN_LOGGING__LEVEL="info",

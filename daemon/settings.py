@@ -82,6 +82,16 @@ class Settings(BaseSettings):
     notify: NotifySettings = NotifySettings()
 
     @model_validator(mode="after")
+    def _check_leader_timeouts(self) -> Settings:
+        if self.journal.url is not None and self.journal.idle_in_transaction_timeout_s >= self.leader.ttl_s:
+            raise ValueError(
+                f"journal.idle_in_transaction_timeout_s ({self.journal.idle_in_transaction_timeout_s}) must be "
+                f"below leader.ttl_s ({self.leader.ttl_s}): a paused leader's open transaction holds the writers' "
+                "lock until the server ends it, and a standby cannot take over before"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_cluster_path(self) -> Settings:
         if self.kfp.launcher == "kfp":
             if not self.kfp.host:

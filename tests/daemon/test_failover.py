@@ -96,6 +96,7 @@ def replicas(tmp_path: Path, postgres_server: services.PostgresServer) -> Iterat
         daemon = Daemon(tmp_path, journal_url=found.url, name=name)
         daemon.env.update(
             RETRAIN_LEADER__TTL_S=str(TTL_S),
+            RETRAIN_JOURNAL__IDLE_IN_TRANSACTION_TIMEOUT_S=str(TTL_S / 2),
             RETRAIN_LEADER__RENEW_INTERVAL_S=str(RENEW_S),
             RETRAIN_LEADER__POLL_INTERVAL_S=str(POLL_S),
         )

@@ -203,3 +203,14 @@ def test_dataloader_workers_follow_the_task_s_cpu_request(cpu_request: str, work
     assert pipeline.dataloader_workers() == workers
     assert pipeline.trainer_options() == {"workers": workers, "plots": True, "deterministic": True}
     assert settings.PipelineSettings(cpu_request=cpu_request, workers=3).dataloader_workers() == 3
+
+
+def test_leader_timings_that_would_let_the_lease_lapse_or_block_a_takeover_are_refused() -> None:
+    with pytest.raises(errors.ConfigErrors, match="at most a third of ttl_s"):
+        settings.load(environ={"RETRAIN_LEADER__TTL_S": "10", "RETRAIN_LEADER__RENEW_INTERVAL_S": "5"})
+    url = {"RETRAIN_JOURNAL__URL": "postgresql://retrain@db/retrain"}
+    with pytest.raises(errors.ConfigErrors, match="must be below leader.ttl_s"):
+        settings.load(environ={**url, "RETRAIN_LEADER__TTL_S": "9", "RETRAIN_LEADER__RENEW_INTERVAL_S": "3"})
+    config = settings.load(environ=url)
+    assert config.journal.url is not None and config.leader.ttl_s == 15.0
+    assert settings.load(environ={"RETRAIN_LEADER__TTL_S": "9", "RETRAIN_LEADER__RENEW_INTERVAL_S": "3"})  # SQLite
