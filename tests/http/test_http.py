@@ -136,7 +136,11 @@ def test_healthz_fails_while_the_loop_is_stuck_and_recovers(live: Live) -> None:
 def test_readyz_fails_while_the_journal_cannot_be_written(live: Live) -> None:
     ready = live.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json() == {"ready": True, "checks": {"journal": "ok"}}
+    body = ready.json()
+    assert (body["ready"], body["checks"]) == (True, {"journal": "ok"})
+    # one replica on SQLite: no election, it leads itself
+    assert body["leadership"]["role"] == "single"
+    assert body["leadership"]["leader"] == body["leadership"]["holder"]
     other = sqlite3.connect(live.env["RETRAIN_JOURNAL__PATH"], isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")  # another writer holds the lock past the busy timeout
@@ -230,6 +234,8 @@ def test_the_json_api_matches_retrain_status(live: Live, coco_mini: Path) -> Non
     api = live.get("/api/v1/status").json()
     cli = run("status", "--json", env=live.env)
     assert cli.returncode == 0, cli.stderr
+    leadership = api.pop("leadership")  # this replica's role: the CLI is no replica and has none
+    assert (leadership["role"], leadership["epoch"]) == ("single", None)
     assert api == json.loads(cli.stdout)
     [rule] = api["rules"]
     assert rule["pending"] == {"labels": 2, "images": 2, "deleted": 0}
