@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -39,9 +40,9 @@ def pair(url: str) -> Iterator[tuple[postgres.PostgresJournal, postgres.Postgres
     b.close()
 
 
-def _launch(journal: base.Journal) -> decisions.Launch:
+def _launch(journal: base.Journal, now: datetime = T0) -> decisions.Launch:
     rule = make_rule(quiet_period="0s")
-    launch = deciding.decide(rule, journal.rule_state(rule, now=T0), T0)
+    launch = deciding.decide(rule, journal.rule_state(rule, now=now), now)
     assert isinstance(launch, decisions.Launch)
     return launch
 
@@ -135,6 +136,24 @@ def test_a_leader_that_lost_its_lease_changes_nothing(
     assert _rows(url, "SELECT state, epoch FROM runs") == [("succeeded", 2)]
     assert _rows(url, "SELECT epoch FROM promotions") == [(2,)]
     assert new.get_run(ids.RunKey(launch.run_key)) is not None
+
+
+def test_a_new_leader_whose_clock_is_behind_re_stamps_the_old_leaders_runs(
+    pair: tuple[postgres.PostgresJournal, postgres.PostgresJournal], url: str
+) -> None:
+    old, new = pair
+    assert old.leadership().acquire("old", ttl_s=TTL) == 1
+    ahead = T0 + timedelta(minutes=5)  # the old leader's node ran 5 minutes ahead
+    old.append_events([label("a")], received_at=ahead)
+    launch = _launch(old, ahead)
+    assert old.record_intent(launch, at=ahead)
+    time.sleep(TTL + 0.3)
+    assert new.leadership().acquire("new", ttl_s=30) == 2
+    # The old epoch's run is in this replica's future: re-stamping it is the leader's write, not refused.
+    assert new.clamp_future(T0) >= 1
+    assert _rows(url, "SELECT epoch FROM runs") == [(2,)]
+    run = new.get_run(ids.RunKey(launch.run_key))
+    assert run is not None and run.created_at == T0
 
 
 def test_taking_the_lease_waits_for_a_write_of_the_old_epoch_in_flight(

@@ -257,13 +257,21 @@ class InventoryStore:
         periods, waits and cooldowns run from a time that has happened. Returns how many rows moved."""
         at = times.ts(now)
         moved = 0
+        # A re-stamped run carries this leader's epoch: its row may be an older leader's (whose node's clock ran
+        # ahead), which the database's fence refuses to change under that older epoch.
+        epoch = self.database.epoch
         with self.database.transaction("re-stamping times from the future") as db:
-            for table, column in (("inventory", "changed_at"), ("inventory", "first_seen"), ("runs", "created_at")):
+            for table, column in (("inventory", "changed_at"), ("inventory", "first_seen")):
                 moved += db.execute(
                     f"UPDATE {table} SET {column} = ? WHERE {column} > ?",  # noqa: S608 - constant names above
                     (at, at),
                 ).rowcount
-            db.execute("UPDATE runs SET updated_at = ? WHERE updated_at > ?", (at, at))
+            moved += db.execute(
+                "UPDATE runs SET created_at = ?, epoch = COALESCE(?, epoch) WHERE created_at > ?", (at, epoch, at)
+            ).rowcount
+            db.execute(
+                "UPDATE runs SET updated_at = ?, epoch = COALESCE(?, epoch) WHERE updated_at > ?", (at, epoch, at)
+            )
             db.execute("UPDATE signals SET at = ? WHERE at > ?", (at, at))
         self._fingerprints.clear()
         return moved
