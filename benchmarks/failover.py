@@ -25,7 +25,7 @@ from common import ROOT, emit, percentiles
 from tests.support import services
 from tests.support.processes import Daemon
 
-COCO = ROOT.parent / "shared" / "datasets" / "coco-mini"
+COCO = ROOT / "tests" / "data" / "coco-mini"
 RULE = """name: failover
 dataset: {{source: "file://{data}"}}
 model: {{registered_name: failover-detector}}

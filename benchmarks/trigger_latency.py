@@ -41,7 +41,7 @@ from daemon.model import ids, runs
 
 LABEL = b"0 0.5 0.5 0.2 0.2\n"
 TOKEN = "bench-webhook-token-0123456789abcdef"  # noqa: S105 - a throwaway token for a local benchmark
-SAMPLE = ROOT.parent / "shared" / "events" / "minio-put-sample.json"
+SAMPLE = ROOT / "tests" / "data" / "events" / "minio-put-sample.json"
 RULE = """name: latency
 dataset: {{source: "{source}"}}
 model: {{registered_name: latency-detector}}

@@ -6,7 +6,7 @@ trained (weights digests), the spread of mAP, the best against the median, and t
 space that reached nothing (Ultralytics' ``optimizer=auto`` ignoring lr0) shows as one distinct model.
 
     python benchmarks/tuning.py [--trials 8] [--epochs 30] [--images 96] [--imgsz 128] [--device auto]
-    python benchmarks/tuning.py --data ../shared/datasets/coco-mini   # a YOLO folder with data.yaml
+    python benchmarks/tuning.py --data tests/data/coco-mini      # a YOLO folder with data.yaml
 """
 
 from __future__ import annotations

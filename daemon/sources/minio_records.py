@@ -1,6 +1,6 @@
 """MinIO bucket notification records -> source events (shared by the webhook and the listen stream).
 
-The body format is S3's event message (see ../shared/events/minio-put-sample.json): ``Records`` with
+The body format is S3's event message (see tests/data/events/minio-put-sample.json): ``Records`` with
 ``eventName``, ``eventTime`` and ``s3.bucket.name`` / ``s3.object.{key,size,eTag}``. Keys are URL-encoded
 (``unquote_plus``: ``+`` is a space, ``%2B`` a plus). Delete records carry no etag. Records of other event
 types (``s3:ObjectAccessed:*``) and keys outside every dataset are ignored, not errors.

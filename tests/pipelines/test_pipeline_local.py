@@ -24,7 +24,7 @@ from daemon.model import rules, tags
 from daemon.rules import loading
 from pipelines import arguments, synthetic
 from tests.support import services
-from tests.support.paths import SHARED
+from tests.support.paths import COCO_MINI
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -198,7 +198,7 @@ def test_coco_mini_materialize_validate_and_train(tmp_path: Path) -> None:
     """Real COCO photos: explicit train/val folders, 80 classes, a one-epoch train."""
     from pipelines.steps import materializing
 
-    coco = SHARED / "datasets" / "coco-mini"
+    coco = COCO_MINI
     names = list(yaml.safe_load((coco / "data.yaml").read_text())["names"].values())
     manifest = materializing.manifest_for_folder(coco, dataset="coco", classes=names)
     (tmp_path / "manifest.json").write_text(json.dumps(manifest.to_json()))

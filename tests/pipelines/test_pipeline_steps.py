@@ -14,7 +14,7 @@ import yaml
 from pipelines import synthetic
 from pipelines.steps import materializing, tuning, validating
 from tests.support import services
-from tests.support.paths import SHARED
+from tests.support.paths import COCO_MINI
 
 
 def test_hash_split_is_stable_as_the_dataset_grows(tmp_path: Path) -> None:
@@ -39,7 +39,7 @@ def test_hash_split_is_stable_as_the_dataset_grows(tmp_path: Path) -> None:
 
 
 def test_explicit_splits_are_kept_and_data_yaml_written(tmp_path: Path) -> None:
-    coco = SHARED / "datasets" / "coco-mini"
+    coco = COCO_MINI
     names = list(yaml.safe_load((coco / "data.yaml").read_text())["names"].values())
     manifest = materializing.manifest_for_folder(coco, dataset="coco", classes=names)
     summary = materializing.materialize(manifest, out_dir=tmp_path / "ds")
@@ -63,7 +63,7 @@ COCO_RESPLIT = {
 def _coco_as(root: Path, layout: str) -> list[str]:
     """The COCO photos rearranged: ``roboflow`` (``{train,valid,test}/{images,labels}``) or ``valid-test``
     (``images/{train,valid,test}``); 5 of the 8 validation photos stay validation, 3 become the test split."""
-    coco = SHARED / "datasets" / "coco-mini"
+    coco = COCO_MINI
     for split in ("train", "val"):
         for image in sorted((coco / "images" / split).iterdir()):
             index = sorted((coco / "images" / split).iterdir()).index(image)
@@ -93,7 +93,7 @@ def test_valid_is_validation_and_test_is_kept_out_of_training_in_every_layout(tm
 def _coco_flat(root: Path, *, splits: bool) -> None:
     """The COCO photos as a flat folder: each image beside its label, in ``train/``, ``valid/`` and ``test/``
     (or all in the root), with the dataset's ``data.yaml`` and a ``classes.txt`` as exports write them."""
-    coco = SHARED / "datasets" / "coco-mini"
+    coco = COCO_MINI
     for split in ("train", "val"):
         for index, image in enumerate(sorted((coco / "images" / split).iterdir())):
             target = split if split == "train" else ("valid" if index < 5 else "test")
@@ -400,7 +400,7 @@ def test_real_photos_with_backgrounds_polygons_and_edge_boxes_validate_and_train
     clipped box included. Too many backgrounds (labels never uploaded) fail with a message that says so."""
     from pipelines.steps import training
 
-    coco = SHARED / "datasets" / "coco-mini"
+    coco = COCO_MINI
     root = tmp_path / "coco"
     shutil.copytree(coco, root)
     names = yaml.safe_load((coco / "data.yaml").read_text())["names"]

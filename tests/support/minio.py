@@ -1,4 +1,4 @@
-"""MinIO bucket notification bodies, built from MinIO's real sample (../shared/events/)."""
+"""MinIO bucket notification bodies, built from MinIO's real sample (tests/data/events/)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from functools import cache
 from typing import Any
 from urllib.parse import quote_plus
 
-from tests.support.paths import SHARED
+from tests.support.paths import DATA
 
 #: The bearer token tests configure for the webhook.
 TOKEN = "test-token-" + "x" * 24
@@ -17,7 +17,7 @@ TOKEN = "test-token-" + "x" * 24
 @cache
 def sample() -> dict[str, Any]:
     """MinIO's real PUT notification body, unmodified."""
-    loaded: dict[str, Any] = json.loads((SHARED / "events" / "minio-put-sample.json").read_text())
+    loaded: dict[str, Any] = json.loads((DATA / "events" / "minio-put-sample.json").read_text())
     return loaded
 
 
