@@ -46,6 +46,52 @@ def test_next_slot(expression: str, after: str, expected: str) -> None:
     assert crontab.CronExpression.parse(expression).next_after(at(after), UTC_ZONE) == at(expected)
 
 
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        # Exact rows for every step form (cron(5)): ``a/n`` runs from a to the field's end, ``a-b/n`` from a
+        # to b inclusive, both in steps of n counted from a (not from the field's start).
+        ("5/15", {5, 20, 35, 50}),
+        ("0/20", {0, 20, 40}),
+        ("59/1", {59}),
+        ("58/2", {58}),
+        ("10-30/10", {10, 20, 30}),
+        ("10-31/10", {10, 20, 30}),
+        ("10-29/10", {10, 20}),
+        ("7-7/5", {7}),
+        ("1-5/2,40", {1, 3, 5, 40}),
+        ("*/25", {0, 25, 50}),
+        ("3-4", {3, 4}),
+    ],
+)
+def test_minute_field_rows_are_exact(field: str, expected: set[int]) -> None:
+    assert crontab.CronExpression.parse(f"{field} * * * *").minutes == expected
+
+
+@pytest.mark.parametrize(
+    ("expression", "attribute", "expected"),
+    [
+        ("0 0 2/10 * *", "days", {2, 12, 22}),  # day of month starts at 1: a/n counts from a, up to 31
+        ("0 0 */10 * *", "days", {1, 11, 21, 31}),
+        ("0 0 * 2/5 *", "months", {2, 7, 12}),
+        ("0 0 * feb-aug/3 *", "months", {2, 5, 8}),  # names in a stepped range
+        ("0 0 * * 1-7/2", "weekdays", {1, 3, 5, 0}),  # 7 is Sunday, folded into 0
+        ("0 0 * * mon/2", "weekdays", {1, 3, 5, 0}),  # a/n reaches 7 (Sunday) at the field's end
+        ("0 20/2 * * *", "hours", {20, 22}),
+    ],
+)
+def test_stepped_rows_in_other_fields(expression: str, attribute: str, expected: set[int]) -> None:
+    assert getattr(crontab.CronExpression.parse(expression), attribute) == expected
+
+
+def test_a_stepped_day_field_restricts_but_a_star_step_does_not() -> None:
+    # cron(5): a day field that starts with * counts as unrestricted when both day fields are given.
+    assert crontab.CronExpression.parse("0 0 2/10 * 1").day_restricted
+    assert not crontab.CronExpression.parse("0 0 */10 * 1").day_restricted
+    assert crontab.CronExpression.parse("0 0 * * 1/2").weekday_restricted
+    assert not crontab.CronExpression.parse("0 0 * * */2").weekday_restricted
+
+
 def test_slot_is_strictly_after() -> None:
     expr = crontab.CronExpression.parse("0 3 * * *")
     assert expr.next_after(at("2026-11-23T03:00"), UTC_ZONE) == at("2026-11-24T03:00")
