@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -83,14 +82,18 @@ def _finished_run(journal: sqlite.SqliteJournal, key: str, *, decision: str, rul
 
 
 def _notifier(
-    journal: sqlite.SqliteJournal, tmp_path: Path, environ: dict[str, str], **config: Any
+    journal: sqlite.SqliteJournal,
+    tmp_path: Path,
+    environ: dict[str, str],
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    **config: Any,
 ) -> notifying.Notifier:
     return notifying.Notifier(
         config=settings.NotifySettings(**({"retry_initial_s": 0.05} | config)),
         journal=journal,
         board=source_base.StatusBoard(),
         rulebook=reloading.RuleBook(folder=tmp_path / "rules"),
-        clock=lambda: datetime.now(UTC),
+        clock=clock,
         environ=environ,
     )
 
@@ -163,25 +166,31 @@ def test_a_source_down_and_a_refused_rule_file_are_told_once_each(tmp_path: Path
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "bad.yaml").write_text("name: bad\ndataset: {source: 'ftp://x'}\n")
     journal = sqlite.SqliteJournal(tmp_path / "journal.db")
-    notifier = _notifier(journal, tmp_path, {"HOOK": receiver.url}, targets=["HOOK"], source_down_after_s=0.2)
+    now = [datetime.now(UTC)]  # the notifier's clock, moved by the test: no window to race against
+    notifier = _notifier(
+        journal, tmp_path, {"HOOK": receiver.url}, clock=lambda: now[0], targets=["HOOK"], source_down_after_s=60
+    )
     notifier.rulebook.refresh()
     notifier.board.update("s3_listen:pets", connected=False, last_error="S3 at minio:9000 unreachable")
     notifier.board.update("folder:shelves", connected=True)
     notifier.board.update("s3_reconcile:pets", connected=False)  # not connected yet, no error: not down
     notifier.work()  # down, but not for long enough yet
     assert [b["title"] for b in receiver.bodies] == ["rule file " + str(tmp_path / "rules" / "bad.yaml") + " refused"]
-    time.sleep(0.3)
+    now[0] += timedelta(seconds=59)
+    notifier.work()  # one second short of the threshold: still not told
+    assert len(receiver.bodies) == 1
+    now[0] += timedelta(seconds=1)
     for _ in range(3):
         notifier.work()
     titles = [b["title"] for b in receiver.bodies]
-    assert len(titles) == 2 and titles[1].startswith("source s3_listen:pets disconnected for")
+    assert titles[1:] == ["source s3_listen:pets disconnected for 1 min"]
     assert "S3 at minio:9000 unreachable" in receiver.bodies[1]["message"]
     notifier.board.update("s3_listen:pets", connected=True)  # back: a later disconnection is told again
     notifier.work()
     notifier.board.update("s3_listen:pets", connected=False, last_error="stream ended")
     notifier.board.update("drift", connected=False, last_error="MLflow unreachable")  # a check, not a source
     notifier.work()  # seen down from now on
-    time.sleep(0.3)
+    now[0] += timedelta(seconds=60)
     notifier.work()
     notifier.work()
     assert len(receiver.bodies) == 3
