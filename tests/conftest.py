@@ -34,35 +34,53 @@ def pytest_configure(config: pytest.Config) -> None:
     selfcontained.guard()
 
 
-#: Seconds the slowest modules took (`make test`, 2 workers, 2026-12-07). The slowest are handed out first so
-#: that none is left running alone at the end (longest first); a module missing here only starts later.
-MODULE_SECONDS = {
-    "tests/faults/test_faults.py": 304,
-    "tests/pipelines/test_pipeline_local.py": 276,
-    "tests/daemon/test_demo.py": 251,
-    "tests/daemon/test_benchmarks.py": 188,
-    "tests/daemon/test_reliability.py": 171,
-    "tests/cluster/test_shipped_rules.py": 146,
-    "tests/daemon/test_daemon_crash.py": 123,
-    "tests/http/test_dashboard.py": 112,
-    "tests/daemon/test_failover.py": 110,
-    "tests/cluster/test_end_to_end.py": 104,
-    "tests/daemon/test_daemon_e2e.py": 91,
-    "tests/pipelines/test_promoting.py": 90,
+#: Seconds the slowest test functions took (all parameters together; `make test`'s --durations, 2 workers, 2026-12-07;
+#: refresh when they move). The slowest units are handed out first, so that none is left running alone at the
+#: end (longest processing time first); a test missing here weighs 10 s if marked slow, else nothing.
+SECONDS = {
+    "test_demo_shows_a_full_cycle_then_keeps_running": 251,
+    "test_champion_moves_only_on_improvement": 150,
+    "test_each_shipped_rule_runs_its_first_run_to_an_outcome": 146,
+    "test_a_service_that_accepts_and_never_answers_never_stalls_the_loop": 131,
+    "test_killed_between_a_finished_run_and_its_record": 106,
+    "test_s3_and_pv_rules_train_register_and_promote_through_kfp_with_a_retried_promotion": 104,
+    "test_batches_trigger_exactly_the_implied_runs_and_the_champion_moves_only_up": 91,
+    "test_tuning_fans_out_trials_as_mlflow_child_runs_and_trains_with_the_best": 78,
+    "test_killed_after_the_intent_and_after_submitting_before_recording": 73,
+    "test_s3_down_for_30_seconds_mid_stream": 57,
+    "test_mlflow_down_during_promotion": 50,
+    "test_killed_after_events_journaled_and_during_a_run": 50,
+    "test_killed_around_the_launch": 48,
+    "test_coco_mini_materialize_validate_and_train": 37,
 }
-#: Modules that assert on elapsed time (latency percentiles, takeovers within a TTL) run one after another on
-#: one worker, never beside each other.
-TIMING_GROUP = {"tests/daemon/test_benchmarks.py", "tests/daemon/test_failover.py"}
+#: Units of more than one test: modules whose tests share a module-scoped fixture (a trained model, a served
+#: dashboard), and the tests that assert on elapsed time (latency percentiles, takeovers within a TTL), which
+#: run one after another on one worker, never beside each other. Seconds as above.
+GROUPS = {
+    "tests/pipelines/test_promoting.py": ("promoting", 90),
+    "tests/http/test_dashboard.py": ("dashboard", 112),
+    "tests/daemon/test_benchmarks.py": ("timing", 298),
+    "tests/daemon/test_failover.py": ("timing", 298),
+}
 
 
+def _weight(item: pytest.Item) -> float:
+    module = item.nodeid.split("::")[0]
+    if module in GROUPS:
+        return GROUPS[module][1]
+    name = getattr(item, "originalname", item.name)  # a test function's name, without its parameters
+    return SECONDS.get(name, 10 if item.get_closest_marker("slow") else 0)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups to name the units
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``--dist loadgroup``), a module is one unit of work (its module fixtures are set up
-    once), the timing-sensitive ones share one, and the slowest units come first."""
+    """Under pytest-xdist (``--dist loadgroup --no-loadscope-reorder``) a test is one unit of work, or its
+    group is (above); the heaviest units come first."""
     for item in items:
-        module = item.nodeid.split("::")[0]
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group("timing" if module in TIMING_GROUP else module))
-    items.sort(key=lambda item: -MODULE_SECONDS.get(item.nodeid.split("::")[0], 0))  # stable: order kept within
+        group = GROUPS.get(item.nodeid.split("::")[0])
+        if group is not None and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(group[0]))
+    items.sort(key=lambda item: -_weight(item))  # stable: the order within a weight is kept
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

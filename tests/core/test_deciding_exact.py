@@ -572,3 +572,32 @@ def test_times_in_reasons_and_run_keys_are_utc_whatever_the_local_zone() -> None
     got = deciding.decide(r, cooling, NOW)
     assert got.reason.startswith("cooldown until 2026-11-23 12:59 UTC")
     assert snapshots.schedule_run_key("pets", NOW) == "pets-s202611231200"
+
+
+def test_a_paused_rule_says_who_paused_it_with_every_number() -> None:
+    r = rule(NEW_LABELS)
+    paused = state.Pause(actor="ana", reason="relabelling", at=NOW - 60 * S)
+    st = state.RuleState(pending=pending(5, images=5, first=2 * S, last=S), paused=paused)
+    got = deciding.decide(r, st, NOW)
+    assert got == skip(
+        decisions.SkipCode.PAUSED,
+        "paused by ana at 2026-11-23 11:59 UTC: relabelling (retrain resume pets)",
+        numbers(5, 5, since=1.0),
+    )
+
+
+TWO_SCHEDULES = (
+    "  - schedule: {cron: '0 5 * * *', timezone: UTC}\n"
+    "  - schedule: {cron: '0 4 * * *', timezone: UTC}\n"
+    "  - schedule: {cron: '0 4 * * *', timezone: Europe/London}"
+)
+
+
+def test_the_next_slot_of_several_schedules_is_the_earliest_and_a_tie_names_the_first() -> None:
+    r = rule(TWO_SCHEDULES)
+    found = deciding.next_slot(r, NOW)
+    assert found is not None
+    slot, spec = found
+    # 04:00 UTC and 04:00 in London (GMT in November) are the same instant: the first listed is named.
+    assert (slot, spec.cron, spec.timezone) == (datetime(2026, 11, 24, 4, 0, tzinfo=UTC), "0 4 * * *", "UTC")
+    assert deciding.next_slot(rule("  - schedule: {cron: '0 0 31 2 *'}"), NOW) is None  # never fires

@@ -255,3 +255,31 @@ def test_the_first_bad_choice_is_named() -> None:
     with pytest.raises(ValidationError) as caught:
         space("imgsz", [16, 48])
     assert "imgsz: 16 is not a multiple" in str(caught.value) and "imgsz: 48" not in str(caught.value)
+
+
+def test_a_source_down_without_an_error_says_so_exactly() -> None:
+    notice = notices.source_down("minio", since=T0, at=T0, error=None)
+    assert notice.body == (
+        f"Down since {T0.isoformat()}: no error reported. Events meanwhile are caught up by the next reconcile "
+        "once it is back."
+    )
+
+
+def test_progress_replaced_for_a_run_not_seen_before() -> None:
+    board = progress.ProgressBoard()
+    board.replace_points("r9", [point(1, 0.1)], epochs=5, mlflow_run_id="m9", source="mlflow")
+    assert board.get("r9") == progress.RunProgress(
+        epochs=5, points=(point(1, 0.1),), mlflow_run_id="m9", source="mlflow"
+    )
+
+
+def test_a_search_space_built_from_models_keeps_its_kinds() -> None:
+    # Revalidated from model instances (not YAML dicts): a choice stays a choice, a range a range.
+    tune = rules.TuneSpec(
+        trials=2,
+        space={"imgsz": rules.SearchChoice(choices=[320, 640]), "lr0": rules.SearchRange(low=0.001, high=0.1)},
+    )
+    again = rules.TuneSpec.model_validate(tune.model_dump())
+    assert again.space["imgsz"] == rules.SearchChoice(choices=[320, 640])
+    assert again.space["lr0"] == rules.SearchRange(low=0.001, high=0.1)
+    assert rules.TuneSpec.model_validate(tune).space == tune.space
