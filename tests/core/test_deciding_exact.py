@@ -601,3 +601,20 @@ def test_the_next_slot_of_several_schedules_is_the_earliest_and_a_tie_names_the_
     # 04:00 UTC and 04:00 in London (GMT in November) are the same instant: the first listed is named.
     assert (slot, spec.cron, spec.timezone) == (datetime(2026, 11, 24, 4, 0, tzinfo=UTC), "0 4 * * *", "UTC")
     assert deciding.next_slot(rule("  - schedule: {cron: '0 0 31 2 *'}"), NOW) is None  # never fires
+
+
+def test_a_schedule_slot_at_the_same_moment_as_the_next_check_adds_nothing() -> None:
+    # The quiet period ends at 12:10, exactly the schedule's next slot: the wait says nothing of the slot
+    # (it is looked at then anyway); a slot one minute later than the check is not mentioned either, one earlier is.
+    def at_minute(minute: int) -> rules.Rule:
+        return rule(NEW_LABELS + f"\n  - schedule: {{cron: '{minute} 12 * * *', timezone: UTC}}")
+
+    data = pending(3, images=2, first=60 * S, last=0 * S)
+    at_check = deciding.decide(at_minute(10), state.RuleState(pending=data), NOW)
+    later = deciding.decide(at_minute(11), state.RuleState(pending=data), NOW)
+    earlier = deciding.decide(at_minute(9), state.RuleState(pending=data), NOW)
+    for got in (at_check, later):
+        assert isinstance(got, decisions.Skip)
+        assert got.next_check_at == NOW + 600 * S and "next schedule slot" not in got.reason, got.reason
+    assert isinstance(earlier, decisions.Skip) and earlier.next_check_at == NOW + 540 * S
+    assert earlier.reason.endswith("; next schedule slot 2026-11-23 12:09 UTC ('9 12 * * *' UTC)"), earlier.reason
