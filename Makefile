@@ -74,7 +74,7 @@ test: lint browser
 	@echo "make test: $(TEST_WORKERS) workers, FAULT_ITERATIONS=$(FAULT_ITERATIONS) FAULT_SEED=$(FAULT_SEED) FAILOVER_KILLS=$(FAILOVER_KILLS) HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE)"
 	TEST_CHROMIUM=$(CHROMIUM) FAULT_ITERATIONS=$(FAULT_ITERATIONS) FAULT_SEED=$(FAULT_SEED) \
 		TEST_FAILOVER_KILLS=$(FAILOVER_KILLS) HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) \
-		$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
+		$(BIN)/pytest -n $(TEST_WORKERS) --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
 
 ifndef HYPOTHESIS_SEED
 HYPOTHESIS_SEED := $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
@@ -100,7 +100,8 @@ bench: install
 	@$(BIN)/python requirements/lock.py bench-env
 	@set -e; for name in $(BENCHMARKS); do echo "== benchmarks/$$name.py" >&2; $(BIN)/python benchmarks/$$name.py; done
 
-# Mutation testing of the pure core (daemon/engine, daemon/model, daemon/redaction.py): about 2 minutes.
+# Mutation testing of the pure core (daemon/engine, daemon/model, daemon/redaction.py): 1,735 mutants, about
+# 19 minutes on 2 cores beside a make test (MUTATION.md).
 # Lists the surviving mutants; MUTATION.md records the score and why each survivor is equivalent.
 mutation: install
 	rm -rf mutants

@@ -53,9 +53,10 @@ SECONDS = {
     "test_killed_around_the_launch": 48,
     "test_coco_mini_materialize_validate_and_train": 37,
 }
-#: Units of more than one test: modules whose tests share a module-scoped fixture (a trained model, a served
-#: dashboard), and the tests that assert on elapsed time (latency percentiles, takeovers within a TTL), which
-#: run one after another on one worker, never beside each other. Seconds as above.
+#: Units of more than one test (any other test is a unit of its own): modules whose tests share a module-scoped
+#: fixture (a trained model, a served dashboard), and the tests that assert on elapsed time (latency
+#: percentiles, takeovers within a TTL), which run one after another on one worker, never beside each other.
+#: Seconds as above.
 GROUPS = {
     "tests/pipelines/test_promoting.py": ("promoting", 90),
     "tests/http/test_dashboard.py": ("dashboard", 112),
@@ -72,15 +73,30 @@ def _weight(item: pytest.Item) -> float:
     return SECONDS.get(name, 10 if item.get_closest_marker("slow") else 0)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups to name the units
+def unit_of(nodeid: str) -> str:
+    """The unit of work a test belongs to: its group's name, or the test itself."""
+    group = GROUPS.get(nodeid.split("::")[0])
+    return group[0] if group is not None else nodeid
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``--dist loadgroup --no-loadscope-reorder``) a test is one unit of work, or its
-    group is (above); the heaviest units come first."""
-    for item in items:
-        group = GROUPS.get(item.nodeid.split("::")[0])
-        if group is not None and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(group[0]))
+    """The heaviest units first (each worker sorts the same collection the same way)."""
     items.sort(key=lambda item: -_weight(item))  # stable: the order within a weight is kept
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """pytest-xdist hands out units (:func:`unit_of`), in collection order (``--no-loadscope-reorder``). Its
+    own ``--dist loadgroup`` cannot do this with pytest 9.2: it renames each item's ``_nodeid``, which no
+    longer changes ``nodeid``, so every test ran as a unit of its own and test_promoting trained its
+    40-epoch model on three workers."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Units(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of(nodeid)
+
+    return Units(config, log)  # type: ignore[arg-type]
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
