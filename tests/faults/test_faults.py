@@ -389,7 +389,7 @@ def test_killed_while_creating_the_local_mlflow_store(tmp_path: Path) -> None:
     """On a laptop the registry is a SQLite file that MLflow creates, and migrates in many steps, on first use.
     A process killed in the middle (the daemon, a pipeline step) once left a half-created file that every
     later open refused ("table ... already exists"), reported as "MLflow unavailable" for ever: every run's
-    outcome stayed pending (CI caught it in the launch test). 20 times, a process opening a new store is
+    outcome stayed pending (CI caught it in the launch test). FAULT_ITERATIONS times, a process opening a new store is
     killed at a random moment after the store's first file appears; each time the next open works."""
     from daemon.registry import mlflow as registry
 
