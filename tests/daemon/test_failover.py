@@ -39,8 +39,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 KILLS = int(os.environ.get("TEST_FAILOVER_KILLS", "3"))
 TTL_S, RENEW_S, POLL_S = 3.0, 1.0, 0.2
 #: A takeover may take the TTL (the dead leader's last renewal counts from before the kill), a standby's
-#: poll, and one loop pass; plus this much for a loaded 2-core machine.
-SLACK_S = 2.0
+#: poll, and one loop pass; plus SLACK_S for a loaded machine. It is an allowance, not a latency target:
+#: `make test` runs this beside two other workers (trainings included) on 2 cores; takeovers measured 5.2-6.5 s
+#: there while another suite's last minutes shared the cores, and up to 12.7 s with a second suite's install.
+#: Alone, this test measured p50 2.87 s, max 3.04 s (BENCHMARKS.md); benchmarks/failover.py measures the
+#: shipped TTL. TEST_FAILOVER_SLACK_S=2 asks for the strict bound of earlier runs.
+SLACK_S = float(os.environ.get("TEST_FAILOVER_SLACK_S", "6.0"))
 
 RULE = """
 name: ha
