@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.model import crontab
+from tests.support.budget import examples
 
 # Not Australia/Lord_Howe: cronsim assumes daylight saving moves clocks by a whole hour, and on the day Lord
 # Howe Island goes from 02:00 to 02:30 it skips 03:00-03:29 too (and 02:00-02:29 on the day it goes back).
@@ -100,7 +101,7 @@ def theirs(expression: str, start: datetime, zone: ZoneInfo, count: int) -> list
     return found
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     expression=expressions(),
     zone=st.sampled_from(ZONES),
@@ -113,7 +114,7 @@ def test_next_fire_times_agree_with_an_independent_cron(expression: str, zone: s
     assert ours(expression, start, tz, 5) == theirs(expression, start, tz, 5), expression
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     expression=expressions(),
     zone=st.sampled_from(["Europe/Berlin", "America/New_York", "America/Sao_Paulo"]),

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from daemon.engine import deciding, snapshots
 from daemon.model import decisions, events, ids, rules, runs, state
+from tests.support.budget import examples
 from tests.support.sim import T0, Simulation, label, make_rule
 
 FP = "ab" * 32
@@ -272,7 +273,7 @@ def test_no_launch_during_cooldown_or_at_concurrency_limit(
         assert labels >= 1
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     offsets=st.lists(st.integers(min_value=0, max_value=599), min_size=1, max_size=40),
     step_s=st.integers(min_value=5, max_value=120),
@@ -293,7 +294,7 @@ def test_a_burst_inside_the_quiet_period_gives_one_launch(offsets: list[int], st
     assert len(sim.launches) == 1
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(replays=st.integers(min_value=1, max_value=8), n=st.integers(min_value=1, max_value=20))
 def test_replaying_events_changes_nothing(replays: int, n: int) -> None:
     sim = Simulation(rule=make_rule(quiet_period="0s"))

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from daemon.engine import labels
 from daemon.rules import loading, reloading
 from pipelines.steps import validating
+from tests.support.budget import examples
 
 pytestmark = pytest.mark.faults
 
@@ -58,7 +59,7 @@ rule_texts = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(text=rule_texts)
 @example(text="\x08")  # a control character once escaped the YAML reader's error handling
 def test_any_rule_text_is_parsed_or_refused_with_its_file_named(text: str) -> None:
@@ -69,7 +70,7 @@ def test_any_rule_text_is_parsed_or_refused_with_its_file_named(text: str) -> No
         assert loaded.rule.name  # whatever parsed is a complete, valid rule
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=rule_texts)
 def test_a_fuzzed_edit_never_replaces_the_last_good_rule(tmp_path: Path, text: str) -> None:
     folder = tmp_path / "rules"
@@ -100,7 +101,7 @@ label_lines = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(lines=st.lists(label_lines, max_size=8))
 def test_any_label_file_is_counted_leniently_and_checked_strictly(lines: list[str]) -> None:
     text = "\n".join(lines)
