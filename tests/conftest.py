@@ -108,10 +108,24 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     ]
 
 
+_OUTSIDE_FROM_WORKERS: list[str] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """The controller collects what each xdist worker refused (a refusal that code swallowed fails no test)."""
+    _OUTSIDE_FROM_WORKERS.extend(getattr(node, "workeroutput", {}).get("outside_checkout", []))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     outside = selfcontained.refused()
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller decides
+        workeroutput["outside_checkout"] = outside
+        return
+    outside += _OUTSIDE_FROM_WORKERS
     if outside:
-        print("\n[self-contained] paths outside the checkout were opened:\n  " + "\n  ".join(outside))
+        print("\n[self-contained] paths outside the checkout were opened:\n  " + "\n  ".join(sorted(set(outside))))
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
