@@ -54,14 +54,14 @@ browser:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; }
 	@test -x $(CHROMIUM) || { echo "no Chromium at $(CHROMIUM): install Debian's chromium package" >&2; exit 1; }
 
-# `make test`: what CI runs, in about 30 minutes on 2 cores. pytest-xdist runs TEST_WORKERS processes, each with
-# its own SeaweedFS, MLflow and PostgreSQL servers; a module is one unit of work (run whole on one worker) and the
-# timing-sensitive modules share one group. Every fault boundary is killed FAULT_ITERATIONS times (3) with a
+# `make test`: what CI runs, about 20 minutes on 2 cores from a fresh clone. pytest-xdist runs TEST_WORKERS
+# processes, each with its own SeaweedFS, MLflow and PostgreSQL servers; tests/conftest.py's scheduler hands out
+# units (a test, or a module sharing a fixture, or the timing-sensitive modules together), slowest first. Every fault boundary is killed FAULT_ITERATIONS times (3) with a
 # new FAULT_SEED each run (printed: `make test FAULT_SEED=N` replays it), the leader FAILOVER_KILLS times (3);
 # Hypothesis draws the same examples every run (profile `derandomized`).
 # The demo trains 30 epochs twice in both (at 15 its first model scores 0.0: nothing shorter shows a cycle).
-# `make test-full`: the full counts (20 kills per boundary, 20 failovers, new Hypothesis examples with a
-# printed seed); run it before resolving an issue that touches those parts.
+# `make test-full` (about 30 minutes): the full counts (20 kills per boundary, 20 failovers, new Hypothesis
+# examples with a printed seed); run it before resolving an issue that touches those parts.
 TEST_WORKERS ?= 3
 FAULT_ITERATIONS ?= 3
 FAILOVER_KILLS ?= 3
