@@ -36,6 +36,7 @@ def test_paths_inside_the_checkout_and_elsewhere_are_not_refused(tmp_path: Path)
     assert not selfcontained.outside(str(tmp_path))
     assert not selfcontained.outside(str(ROOT))
     assert selfcontained.outside(str(ROOT.parent / "main-copy"))  # a sibling clone is beside it too
+    assert not selfcontained.outside(str(ROOT.parent / ".cache" / "pip"))  # tools' state in a home folder
     (tmp_path / "x").write_text("read")
     assert (tmp_path / "x").read_text() == "read"
 

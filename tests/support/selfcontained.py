@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import threading
 from typing import Any
 
@@ -25,8 +26,11 @@ class OutsideCheckout(RuntimeError):
 _EVENTS = frozenset({"open", "os.listdir", "os.scandir"})
 _INSIDE = str(ROOT) + os.sep
 _BESIDE = str(ROOT.parent) + os.sep
-#: The interpreter and its libraries may live anywhere, a virtual environment beside the checkout included.
-_INTERPRETER = tuple({os.path.abspath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
+#: Allowed wherever the checkout lies: the interpreter and its libraries (a virtual environment beside the
+#: checkout included) and the system's temporary folder (a clone directly under /tmp).
+_ALLOWED = tuple(
+    {os.path.abspath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, tempfile.gettempdir())}
+)
 _refused: list[str] = []
 _lock = threading.Lock()
 _installed = False
@@ -35,7 +39,10 @@ _installed = False
 def outside(path: str) -> bool:
     """Whether an absolute or cwd-relative path lies beside the checkout (under its parent, not in it)."""
     full = os.path.abspath(path) + os.sep
-    return full.startswith(_BESIDE) and not full.startswith(_INSIDE) and not full.startswith(_INTERPRETER)
+    if not full.startswith(_BESIDE) or full.startswith(_INSIDE) or full.startswith(_ALLOWED):
+        return False
+    # Hidden folders beside it are tools' state, not data (a clone in a home folder: ~/.cache, ~/.config).
+    return not full[len(_BESIDE) :].startswith(".")
 
 
 def _hook(event: str, args: tuple[Any, ...]) -> None:
