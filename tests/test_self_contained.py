@@ -18,15 +18,16 @@ BESIDE = re.compile(r"\.\./shared|parents?\[?\d*\]?\s*\.?\s*parent\s*/\s*[\"']sh
 
 
 def test_opening_a_path_beside_the_checkout_fails_the_test() -> None:
-    beside = ROOT.parent / "shared" / "events" / "minio-put-sample.json"
+    sibling = ROOT.parent / "beside-the-checkout"  # refused before the open: it need not exist
+    beside = sibling / "events" / "minio-put-sample.json"
     with pytest.raises(selfcontained.OutsideCheckout, match="must not read beside the checkout"):
         beside.read_text()
     with pytest.raises(selfcontained.OutsideCheckout):
-        os.listdir(ROOT.parent / "shared")
+        os.listdir(sibling)
     with pytest.raises(selfcontained.OutsideCheckout):
-        os.listdir(os.path.join(ROOT, "..", "shared"))  # a relative way out is caught too
+        os.listdir(os.path.join(ROOT, "..", sibling.name))  # a relative way out is caught too
     assert str(beside) in selfcontained.refused()
-    for path in (str(beside), str(ROOT.parent / "shared")):
+    for path in (str(beside), str(sibling)):
         selfcontained.forget(path)  # refused on purpose: not the session's failure
     assert not selfcontained.refused()
 
