@@ -78,15 +78,16 @@ COPY pipelines ./pipelines
 # Ultralytics looks for Arial.ttf (Arial.Unicode.ttf for non-Latin class names) in YOLO_CONFIG_DIR/Ultralytics
 # and downloads it when missing; matplotlib's bundled DejaVu Sans stands in under those names.
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
-    && groupadd --system --gid 10001 retrain \
-    && useradd --system --uid 10001 --gid retrain --no-create-home --home-dir /tmp retrain \
+    && groupadd --system --gid 10002 trainer \
+    && useradd --system --uid 10002 --gid trainer --no-create-home --home-dir /tmp trainer \
     && font="$(python -c 'import matplotlib, pathlib; print(pathlib.Path(matplotlib.get_data_path(), "fonts/ttf/DejaVuSans.ttf"))')" \
     && mkdir -p /opt/yolo/Ultralytics \
     && cp "$font" /opt/yolo/Ultralytics/Arial.ttf \
     && cp "$font" /opt/yolo/Ultralytics/Arial.Unicode.ttf \
-    && chown -R retrain:retrain /opt/yolo \
+    && chown -R trainer:trainer /opt/yolo \
     && chmod -R a+rwX /opt/yolo
-USER 10001:10001
+# Not the daemon's uid (10001): a task pod shares no user with the daemon's pod.
+USER 10002:10002
 # KFP replaces the command of every component (python -m kfp.dsl.executor_main ...); this default only
 # serves `docker run trainer` by hand.
 ENTRYPOINT ["python", "-m", "pipelines.local_run"]

@@ -52,6 +52,9 @@ SECONDS = {
     "test_killed_after_events_journaled_and_during_a_run": 50,
     "test_killed_around_the_launch": 48,
     "test_coco_mini_materialize_validate_and_train": 37,
+    "test_the_ha_overlay_runs_two_pods_and_the_survivor_of_a_killed_leader_launches": 39,
+    "test_a_run_waiting_on_a_pending_pod_is_reported_everywhere_an_operator_looks": 19,
+    "test_the_gpu_shaped_run_of_a_shipped_rule_fails_early_on_a_node_without_a_gpu_driver": 16,
 }
 #: Units of more than one test (any other test is a unit of its own): modules whose tests share a module-scoped
 #: fixture (a trained model, a served dashboard), and the tests that assert on elapsed time (latency

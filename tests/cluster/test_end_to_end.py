@@ -78,7 +78,9 @@ def finished(pod: kubelet.DaemonPod, rule: str, count: int) -> bool:
 
 
 @pytest.fixture
-def standin(s3_server: services.S3Server, tmp_path: Path) -> Iterator[tuple[KfpStandIn, Path]]:
+def standin(
+    s3_server: services.S3Server, mlflow_server: services.MlflowServer, tmp_path: Path
+) -> Iterator[tuple[KfpStandIn, Path]]:
     export = tmp_path / "nfs-export"  # the NFS export both claims of the pv-datasets overlay are bound to
     export.mkdir()
     export.chmod(0o755)
@@ -87,6 +89,7 @@ def standin(s3_server: services.S3Server, tmp_path: Path) -> Iterator[tuple[KfpS
         cluster=Cluster(
             secrets={"retrain-s3": {"access_key": s3_server.access_key, "secret_key": s3_server.secret_key}},
             volumes={"retrain-datasets": str(export)},
+            reach=[s3_server.port, mlflow_server.port],  # the runs' network policy: S3 and MLflow, nothing else
         ),
     )
     trainer.prepare(server)

@@ -50,7 +50,9 @@ def upload_folder(client: Any, bucket: str, prefix: str, folder: Path) -> None:
 
 
 @pytest.fixture
-def cluster_with_data(s3_server: services.S3Server, tmp_path: Path) -> Iterator[tuple[KfpStandIn, Path]]:
+def cluster_with_data(
+    s3_server: services.S3Server, mlflow_server: services.MlflowServer, tmp_path: Path
+) -> Iterator[tuple[KfpStandIn, Path]]:
     """The data and weights the shipped rules' comments ask for, in the S3 server and on the volume."""
     client = s3_server.client()
     for bucket in ("datasets", "models", "retrain"):
@@ -72,6 +74,7 @@ def cluster_with_data(s3_server: services.S3Server, tmp_path: Path) -> Iterator[
         cluster=Cluster(
             secrets={"retrain-s3": {"access_key": s3_server.access_key, "secret_key": s3_server.secret_key}},
             volumes={"retrain-datasets": str(export)},
+            reach=[s3_server.port, mlflow_server.port],  # the runs' network policy: S3 and MLflow, nothing else
         ),
     )
     trainer.prepare(server)

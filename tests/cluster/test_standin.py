@@ -8,11 +8,14 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import kfp
 import pytest
 from kfp import compiler, dsl, kubernetes
 
+from tests.support import waiting
 from tests.support.kfp_standin import Cluster, KfpStandIn
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
@@ -131,7 +134,7 @@ def test_tasks_run_as_pods_with_only_the_ir_s_secrets_and_volumes(standin: KfpSt
     run_id = submit(client, package, "look-1", daemon_file=str(daemon_file))
     assert wait_state(client, run_id) == "SUCCEEDED", standin.log_of(run_id)
     seen = json.loads(standin.result_of(run_id)["output"])
-    assert seen["uid"] == 10001  # the image's user
+    assert seen["uid"] == 10002  # the trainer image's user, not the daemon's 10001
     assert seen["secret"] is True  # secretAsEnv, from the Secret the cluster holds
     assert seen["env"] == ["TEST_IMAGE_ENV"]  # the image's environment, nothing of the test's
     assert seen["daemon_file"] == "PermissionError"  # the daemon's folders are out of reach
@@ -139,7 +142,7 @@ def test_tasks_run_as_pods_with_only_the_ir_s_secrets_and_volumes(standin: KfpSt
     assert standin.packages and next(iter(standin.packages.values())) == package.read_bytes()  # byte for byte
 
 
-def test_a_missing_secret_fails_the_task_as_kubelet_would(standin: KfpStandIn, tmp_path: Path) -> None:
+def test_a_pod_whose_secret_is_missing_stays_pending_until_it_exists(standin: KfpStandIn, tmp_path: Path) -> None:
     component = dsl.component(base_image="python:3.11", install_kfp_package=False)(counted)
 
     @dsl.pipeline(name="nosecret")
@@ -149,10 +152,31 @@ def test_a_missing_secret_fails_the_task_as_kubelet_would(standin: KfpStandIn, t
         task.set_caching_options(False)
         return task.output
 
+    markers = standin.workspace / "markers"
+    markers.mkdir(mode=0o777)
+    markers.chmod(0o777)
     client = client_for(standin)
-    run_id = submit(client, compile_to(tmp_path / "p.yaml", nosecret), "nosecret-1", marker_dir=str(standin.workspace))
-    assert wait_state(client, run_id) == "FAILED"
-    assert "secret 'absent' not found" in standin.log_of(run_id)
+    run_id = submit(client, compile_to(tmp_path / "p.yaml", nosecret), "nosecret-1", marker_dir=str(markers))
+
+    def run() -> dict[str, Any]:
+        found: dict[str, Any] = httpx.get(f"{standin.url}/apis/v2beta1/runs/{run_id}", timeout=10).json()
+        return found
+
+    def pending() -> bool:
+        tasks = run().get("run_details", {}).get("task_details", [])
+        return bool(tasks) and tasks[0]["state"] == "PENDING"
+
+    waiting.wait_until(pending, 60, "the task reported Pending", explain=lambda: standin.log_of(run_id))
+    waiting.stays(lambda: run()["state"] == "RUNNING", 2, "the run waiting")
+    run = run()
+    # On a cluster the run waits (kubelet retries CreateContainerConfigError); it does not fail at once.
+    assert run["state"] == "RUNNING"
+    [task] = run["run_details"]["task_details"]
+    assert task["display_name"] == "counted" and task["child_tasks"][0]["pod_name"].endswith("exec-counted")
+    assert 'CreateContainerConfigError: secret "absent" not found' in standin.log_of(run_id)
+    standin.create_secret("absent", {"k": "v"})
+    assert wait_state(client, run_id) == "SUCCEEDED", standin.log_of(run_id)
+    assert (markers / "executions").read_text() == "x"
 
 
 def test_retries_and_caching_follow_the_compiled_ir(standin: KfpStandIn, tmp_path: Path) -> None:

@@ -1,15 +1,20 @@
-"""A local stand-in for the KFP API server (v2beta1) that executes what it is given.
+"""A local stand-in for the KFP API server (v2beta1) that executes what it is given, by the backend's rules.
 
 No KFP API server can run here. This one answers the real kfp client over HTTP with KFP's response shapes
-(upload a pipeline, create experiments and runs, look them up by name, get, cancel), keeps every uploaded
-pipeline package byte for byte, and, when ``execute`` is on, runs each created run from that exact IR
-(:mod:`tests.support.kfp_executor`): PENDING, RUNNING, then SUCCEEDED, FAILED or CANCELED, each task a pod
-with the IR's secrets and volumes, retries and caching honoured. It records every request so tests can
-count submissions, and can be told to lose create replies or to answer 503, like an API in trouble.
+(upload a pipeline, create experiments and runs, look them up by name, get, cancel, retry, healthz with the
+backend's release), keeps every uploaded pipeline package byte for byte, and, when ``execute`` is on, runs
+each created run from that exact IR (:mod:`tests.support.kfp_executor`): PENDING, RUNNING, then SUCCEEDED,
+FAILED or CANCELED, each task a pod under the KFP backend's and Argo's rules (:mod:`tests.support.kfp_backend`:
+Argo's retry window and policy, strict JSON, Pending pods, 64 MiB shm, quotas), its tasks' states in
+``run_details.task_details`` as the backend reports Argo's nodes. It is started with a backend release
+(``backend_version``, the project's declared minimum by default) and refuses at run creation an IR that uses
+a feature that release lacks. It records every request so tests can count submissions, and can be told to
+lose create replies or to answer 503, like an API in trouble.
 
 The "cluster" it runs on is described by the test: ``secrets`` (what ``kubectl create secret`` would
-hold), ``volumes`` (claim name -> the folder its PersistentVolume is), the image's environment, the pods'
-user. Runs execute in ``workspace``, outside the test's own (private) folders.
+hold, changeable while a pod waits for one), ``volumes`` (claim name -> the folder its PersistentVolume is),
+the image's environment, the ports task pods may reach, a quota, lost nodes. Runs execute in ``workspace``,
+outside the test's own (private) folders, as the trainer image's user.
 """
 
 from __future__ import annotations
@@ -31,9 +36,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-#: The trainer image's user (the Dockerfile's `retrain`, uid 10001): task pods run as it.
-TRAINER_UID = 10001
-TRAINER_PASSWD = "retrain:x:10001:10001:retrain:/tmp:/usr/sbin/nologin"
+import yaml
+
+from tests.support import kfp_backend
+
+#: The trainer image's user (the Dockerfile's trainer stage, uid 10002, not the daemon's 10001): task pods run as
+#: it, so a task shares no user with the daemon.
+TRAINER_UID = 10002
+TRAINER_PASSWD = "trainer:x:10002:10002:trainer:/tmp:/usr/sbin/nologin"
+
+
+def minimum_backend() -> str:
+    """The KFP backend release the project declares as its minimum (``kfp.min_backend_version``)."""
+    from daemon.settings_groups import KfpSettings
+
+    return str(KfpSettings().min_backend_version)
 
 
 def _now() -> str:
@@ -53,8 +70,6 @@ def _package_of(body: bytes, content_type: str) -> bytes:
 
 def _inline_package(spec: dict[str, Any]) -> bytes:
     """The IR YAML of a run created with its pipeline inline (``create_run_from_pipeline_package``)."""
-    import yaml
-
     documents = [spec["pipeline_spec"], spec.get("platform_spec") or {}] if "pipeline_spec" in spec else [spec]
     return yaml.safe_dump_all([d for d in documents if d], sort_keys=False).encode()
 
@@ -69,15 +84,28 @@ class Cluster:
     image_mounts: list[dict[str, Any]] = field(default_factory=list)
     inject: dict[str, dict[str, str]] = field(default_factory=dict)
     """Extra environment per executor label (fault injection: a failpoint armed in one task)."""
+    reach: list[int] = field(default_factory=list)
+    """Ports of 127.0.0.1 task pods may reach (S3, MLflow: the runs' network policy); nothing else."""
+    quota: bool = False
+    """The namespace has a ResourceQuota (a Kubeflow profile's): pods without cpu/memory requests are refused."""
+    node_loss: dict[str, float] = field(default_factory=dict)
+    """Executor label -> seconds: the node under the task's first pod is lost after that long (the stand-in's
+    clock moves on by it; the pod is deleted, an Argo node Error)."""
+    crash: dict[str, float] = field(default_factory=dict)
+    """Executor label -> seconds: the task's first container is killed after that long (exit 137, an Argo
+    node Failed); the clock moves on by it."""
+    time_scale: float = 1.0
+    """Fraction of each Argo backoff wait that is really slept (the clock moves on by the whole wait)."""
 
 
 class KfpStandIn(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, *, execute: bool = False, cluster: Cluster | None = None) -> None:
+    def __init__(self, *, execute: bool = False, cluster: Cluster | None = None, backend_version: str = "") -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.execute = execute
         self.cluster = cluster or Cluster()
+        self.backend_version = backend_version or minimum_backend()
         self.pipelines: dict[str, dict[str, Any]] = {}
         self.versions: dict[str, list[dict[str, Any]]] = {}
         self.packages: dict[str, bytes] = {}
@@ -113,7 +141,7 @@ class KfpStandIn(ThreadingHTTPServer):
 
     def set_state(self, run_id: str, state: str) -> None:
         with self.lock:
-            self.runs[run_id]["state"] = state
+            self._set(self.runs[run_id], state)
 
     def result_of(self, run_id: str) -> dict[str, Any]:
         """What the executor reported: state, the pipeline's output or the error."""
@@ -125,11 +153,26 @@ class KfpStandIn(ThreadingHTTPServer):
         return path.read_text(errors="replace") if path.exists() else ""
 
     # --- executing ----------------------------------------------------------------------------------
-    def _execute(self, run_id: str, version_id: str, parameters: dict[str, Any]) -> None:
+    def _cluster_json(self) -> dict[str, Any]:
+        return {
+            "secrets": self.cluster.secrets,
+            "volumes": self.cluster.volumes,
+        }
+
+    def create_secret(self, name: str, data: dict[str, str]) -> None:
+        """``kubectl create secret``: pods Pending for it start."""
+        with self.lock:
+            self.cluster.secrets[name] = data
+            for run_dir in (self.workspace / "runs").glob("*"):
+                (run_dir / "cluster.json").write_text(json.dumps(self._cluster_json()))
+
+    def _execute(self, run_id: str, version_id: str, parameters: dict[str, Any], attempt: int = 0) -> None:
         run_dir = self.workspace / "runs" / run_id
-        run_dir.mkdir(parents=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
         package = run_dir / "pipeline.yaml"
         package.write_bytes(self.packages[version_id])
+        (run_dir / "result.json").unlink(missing_ok=True)
+        (run_dir / "failure.txt").unlink(missing_ok=True)
         cache = self.workspace / "cache"
         cache.mkdir(exist_ok=True)
         spec = {
@@ -140,12 +183,19 @@ class KfpStandIn(ThreadingHTTPServer):
             "image_env": self.cluster.image_env,
             "image_mounts": self.cluster.image_mounts,
             "inject": self.cluster.inject,
+            "reach": self.cluster.reach,
+            "quota": self.cluster.quota,
+            "node_loss": {} if attempt else self.cluster.node_loss,
+            "crash": {} if attempt else self.cluster.crash,
+            "time_scale": self.cluster.time_scale,
+            "attempt": attempt,
             "uid": TRAINER_UID,
             "gid": TRAINER_UID,
             "passwd": TRAINER_PASSWD,
             "cache_root": str(cache),
         }
         (run_dir / "run.json").write_text(json.dumps(spec))
+        (run_dir / "cluster.json").write_text(json.dumps(self._cluster_json()))
         with (run_dir / "log.txt").open("ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "tests.support.kfp_executor", str(run_dir)],
@@ -161,13 +211,50 @@ class KfpStandIn(ThreadingHTTPServer):
         with self.lock:
             run = self.runs[run_id]
             if run["state"] in ("CANCELING", "CANCELED"):
-                run["state"] = "CANCELED"
+                self._set(run, "CANCELED")
                 return
             result = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").exists() else {}
-            run["state"] = result.get("state", "FAILED")
+            self._set(run, result.get("state", "FAILED"))
             run["finished_at"] = _now()
             if run["state"] != "SUCCEEDED":
                 run["error"] = {"message": result.get("error", f"executor exited with {process.returncode}")}
+
+    @staticmethod
+    def _set(run: dict[str, Any], state: str) -> None:
+        run["state"] = state
+        run.setdefault("state_history", []).append({"update_time": _now(), "state": state})
+
+    def retry(self, run_id: str) -> str | None:
+        """KFP's RetryRun (``resource_manager.go``): a failed run runs again, what succeeded is kept; returns why
+        not when it cannot."""
+        with self.lock:
+            run = self.runs.get(run_id)
+            if run is None:
+                return "not found"
+            if run["state"] != "FAILED":
+                return f"run {run_id} is {run['state']}: only a failed run can be retried"
+            run.pop("error", None)
+            run.pop("finished_at", None)
+            self._set(run, "PENDING")
+            run["_attempt"] = run.get("_attempt", 0) + 1
+            if not self.execute:
+                self._set(run, "RUNNING")
+                return None
+            arguments = (run_id, run["_version"], run["_parameters"], run["_attempt"])
+        threading.Thread(target=self._execute, args=arguments, daemon=True).start()
+        return None
+
+    def task_details(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's tasks as KFP reports them (from Argo's nodes): name, state, times, pod."""
+        found = []
+        for path in sorted((self.workspace / "runs" / run_id / "tasks").glob("*.json")):
+            task = json.loads(path.read_text())
+            fields = ("display_name", "state", "create_time", "start_time", "end_time")
+            detail = {k: task[k] for k in fields if k in task}
+            if "pod_name" in task:
+                detail["child_tasks"] = [{"pod_name": task["pod_name"]}]
+            found.append(detail)
+        return found
 
     def cancel(self, run_id: str) -> None:
         with self.lock:
@@ -189,8 +276,11 @@ def _matches(item: dict[str, Any], raw_filter: str | None) -> bool:
     return True
 
 
-def _public(run: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in run.items() if not k.startswith("_")}
+def _public(run: dict[str, Any], tasks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    public = {k: v for k, v in run.items() if not k.startswith("_")}
+    if tasks:
+        public["run_details"] = {"task_details": tasks}
+    return public
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -217,8 +307,8 @@ class _Handler(BaseHTTPRequestHandler):
         srv.requests.append(("GET", url.path))
         srv.authorization.append(self.headers.get("Authorization"))
         with srv.lock:
-            if url.path == "/apis/v2beta1/healthz":
-                return self._reply({"multi_user": False})
+            if url.path == "/apis/v2beta1/healthz":  # apiserver/main.go newHealthzResponse
+                return self._reply({"commit_sha": "standin", "tag_name": srv.backend_version, "multi_user": False})
             if url.path == "/apis/v2beta1/pipelines":
                 found = [p for p in srv.pipelines.values() if _matches(p, query.get("filter"))]
                 return self._reply({"pipelines": found, "total_size": len(found)} if found else {})
@@ -236,7 +326,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._reply({"runs": found, "total_size": len(found)} if found else {})
             if m := re.fullmatch(r"/apis/v2beta1/runs/([^/:]+)", url.path):
                 run = srv.runs.get(m[1])
-                return self._reply(_public(run)) if run else self._reply({"error": "not found"}, 404)
+                if run is None:
+                    return self._reply({"error": "not found"}, 404)
+                return self._reply(_public(run, srv.task_details(m[1])))
         self._reply({"error": f"no route {url.path}"}, 404)
 
     def do_POST(self) -> None:
@@ -250,6 +342,11 @@ class _Handler(BaseHTTPRequestHandler):
             if m[1] not in srv.runs:
                 return self._reply({"error": "not found"}, 404)
             srv.cancel(m[1])
+            return self._reply({})
+        if m := re.fullmatch(r"/apis/v2beta1/runs/([^/:]+):retry", url.path):
+            refused = srv.retry(m[1])
+            if refused:
+                return self._reply({"error": refused, "code": 9}, 404 if refused == "not found" else 400)
             return self._reply({})
         with srv.lock:
             if url.path == "/apis/v2beta1/pipelines/upload":
@@ -283,6 +380,14 @@ class _Handler(BaseHTTPRequestHandler):
                 data = json.loads(body)
                 run_id = str(uuid.uuid4())
                 reference = data.get("pipeline_version_reference") or {}
+                version_id = reference.get("pipeline_version_id")
+                if version_id is None and "pipeline_spec" in data:  # a run created from a package: the IR inline
+                    version_id = f"inline-{run_id}"
+                    srv.packages[version_id] = _inline_package(data["pipeline_spec"])
+                documents = [d for d in yaml.safe_load_all(srv.packages[version_id]) if d] if version_id else []
+                refused = kfp_backend.refusal(documents, srv.backend_version) if documents else None
+                if refused:  # an older API server's protos or driver reject what it does not know
+                    return self._reply({"error": refused, "code": 3, "message": refused}, 400)
                 srv.runs[run_id] = {
                     "run_id": run_id,
                     "display_name": data["display_name"],
@@ -293,12 +398,10 @@ class _Handler(BaseHTTPRequestHandler):
                     "created_at": _now(),
                     "storage_state": "AVAILABLE",
                 }
+                srv._set(srv.runs[run_id], "PENDING")
                 if srv.execute:
                     parameters = (data.get("runtime_config") or {}).get("parameters") or {}
-                    version_id = reference.get("pipeline_version_id")
-                    if version_id is None:  # a run created from a package: the IR travels inline
-                        version_id = f"inline-{run_id}"
-                        srv.packages[version_id] = _inline_package(data["pipeline_spec"])
+                    srv.runs[run_id].update(_version=version_id, _parameters=parameters)
                     threading.Thread(target=srv._execute, args=(run_id, version_id, parameters), daemon=True).start()
                 if srv.lose_create_replies > 0:
                     srv.lose_create_replies -= 1

@@ -4,7 +4,8 @@ From the manifests ``kubectl kustomize`` renders (plain, no flag), and the Docke
 
 - the container's environment is the image's ``ENV`` (the Dockerfile's daemon stage) plus the container's
   ``env``: literal values, ``secretKeyRef`` from the Secrets the test defines (a missing required key fails
-  the start, as kubelet does), ``configMapKeyRef``; plus the service-link variables of every Service of the
+  the start, as kubelet does), ``configMapKeyRef``, the downward API's ``fieldRef`` (the pod's name,
+  namespace, uid, node, service account, IPs); plus the service-link variables of every Service of the
   namespace unless the pod spec sets ``enableServiceLinks: false``;
 - ConfigMap volumes are laid out as kubelet does (a timestamped folder, a ``..data`` symlink to it, a
   symlink per key), and :meth:`DaemonPod.update_configmap` swaps ``..data`` atomically as kubelet does on an
@@ -27,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -159,11 +161,16 @@ class DaemonPod:
     """Replaces the rules ConfigMap's files (a team's own rules instead of the shipped examples)."""
     pod: pods.Pod | None = None
     port: int = 0
+    name: str = ""
+    """The pod's name (the downward API's ``metadata.name``); unset: a ReplicaSet's pod name for the Deployment."""
 
     def __post_init__(self) -> None:
         [deployment] = [d for d in self.docs if d["kind"] == "Deployment"]
         self.deployment = deployment
         self.namespace = deployment["metadata"]["namespace"]
+        if not self.name:
+            token = uuid.uuid4().hex
+            self.name = f"{deployment['metadata']['name']}-{token[:10]}-{token[10:15]}"  # <replicaset>-<pod>
         self.spec = deployment["spec"]["template"]["spec"]
         [self.container] = self.spec["containers"]
         self.volume_dirs: dict[str, Path] = {}
@@ -202,6 +209,9 @@ class DaemonPod:
             if "value" in item:
                 env[item["name"]] = str(item["value"])
                 continue
+            if "fieldRef" in item["valueFrom"]:
+                env[item["name"]] = self.field(item["valueFrom"]["fieldRef"]["fieldPath"])
+                continue
             ref = item["valueFrom"].get("secretKeyRef") or item["valueFrom"].get("configMapKeyRef")
             assert ref is not None, f"unsupported valueFrom in {item}"
             if "secretKeyRef" in item["valueFrom"]:
@@ -215,6 +225,20 @@ class DaemonPod:
         self.port = services.free_port()
         env["RETRAIN_HTTP__PORT"] = str(self.port)  # the pod network's own address, see the module
         return env
+
+    def field(self, path: str) -> str:
+        """A ``fieldRef`` of the downward API, as kubelet resolves it for this pod."""
+        fields = {
+            "metadata.name": self.name,
+            "metadata.namespace": self.namespace,
+            "metadata.uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, self.name)),
+            "spec.nodeName": "node-1",
+            "spec.serviceAccountName": self.spec.get("serviceAccountName", "default"),
+            "status.podIP": "127.0.0.1",
+            "status.hostIP": "127.0.0.1",
+        }
+        assert path in fields, f"fieldRef {path!r} is not one kubelet resolves for env (or not modelled here)"
+        return fields[path]
 
     def _volumes(self, gid: int) -> None:
         for volume in self.spec.get("volumes", []):
