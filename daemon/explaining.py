@@ -213,6 +213,8 @@ def status_lines(data: Mapping[str, Any], *, now: datetime) -> Iterator[str]:
     for run in data["active_runs"]:
         since = _when(_parse(run["updated_at"]), now)
         yield f"  {run['run_key']} ({run['rule']}) {run['state']} since {since}: {run['reason']}"
+        if run["error"]:
+            yield f"    WAITING: {run['error']}"
     yield "recent runs:"
     for run in data["recent_runs"]:
         outcome = run["promotion"].get("decision", "")

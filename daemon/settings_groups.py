@@ -137,6 +137,10 @@ class KfpSettings(_Group):
     """Where the daemon puts each run's inputs (the snapshot manifest) for the run's pods to read, by content
     hash: ``s3://bucket/prefix/`` (written with the ``sources.s3`` credentials). Required with launcher
     ``kfp``: a pipeline pod cannot read the daemon's disk. Unset with the local launcher: the run's folder."""
+    pending_timeout_s: float = Field(default=900.0, gt=0)
+    """A run (or a task of it) waiting this many seconds to start (its pod Pending: a missing Secret or image, a
+    quota, no free GPU) is reported: in ``retrain status``, the dashboard, the ``retrain_runs_waiting`` metric
+    and a notification. It is not cancelled: the cluster may still start it."""
     run_timeout_s: float = Field(default=86_400.0, gt=0)
     """A run still not finished after this many seconds is reported as timed out (it is not killed)."""
     local_pipeline_root: Path = Path(".retrain/kfp")
@@ -145,6 +149,14 @@ class KfpSettings(_Group):
     """Local runs at a time; one suits a 2-core laptop."""
     trainer_image: str = "ghcr.io/retrain-daemon/trainer:0.1.0"
     """Container image the pipeline components run in (see the Dockerfile's ``trainer`` target)."""
+    min_backend_version: str = Field(default="2.14.0", pattern=r"^\d+\.\d+\.\d+$")
+    """The oldest KFP backend release the compiled pipelines run on (``dsl.Collected`` fan-in of the tuning
+    trials and retries inside their ``ParallelFor`` came in 2.14.0). The launcher reads the backend's release
+    from its healthz endpoint and refuses to submit to an older one, naming the features it lacks."""
+    run_retries: int = Field(default=1, ge=0, le=5)
+    """Times a KFP run that failed is retried through KFP's retry API (``runs/ID:retry``: its failed tasks run
+    again, succeeded ones are kept). Argo retries a task whose container failed (``pipeline.retries``) but, as
+    KFP compiles retries (no ``retryPolicy``: Argo's ``OnFailure``), not a pod lost with its node."""
 
 
 class PipelineSettings(_Group):
@@ -153,9 +165,18 @@ class PipelineSettings(_Group):
     accelerator_type: str = "nvidia.com/gpu"
     """Kubernetes resource name of the GPU given to training, tuning and evaluation tasks."""
     cpu_request: str = "2"
-    """CPU request of a GPU task (Kubernetes quantity)."""
+    """CPU request of a training, trial or evaluation task (Kubernetes quantity)."""
+    memory_request: str = "8Gi"
+    """Memory request of a training, trial or evaluation task: a namespace with a ResourceQuota (every
+    Kubeflow profile has one) refuses pods without cpu and memory requests."""
     memory_limit: str = "16Gi"
-    """Memory limit of a GPU task (an integer Kubernetes quantity, e.g. 16Gi)."""
+    """Memory limit of a training, trial or evaluation task (an integer Kubernetes quantity, e.g. 16Gi)."""
+    light_cpu_request: str = "500m"
+    """CPU request of the light tasks: accelerator check, dataset preparation, trial sampling, pick-best."""
+    light_memory_request: str = "1Gi"
+    """Memory request of the light tasks."""
+    light_memory_limit: str = "4Gi"
+    """Memory limit of the light tasks (dataset preparation validates images one at a time)."""
     workers: int | None = Field(default=None, ge=0, le=64)
     """DataLoader worker processes of training and evaluation (unset: ``cpu_request`` minus one for the main
     process, at most 8)."""
@@ -177,11 +198,15 @@ class PipelineSettings(_Group):
     mlflow_secret: str | None = None
     """Kubernetes Secret with key token, given to tasks as MLFLOW_TRACKING_TOKEN."""
     retries: int = Field(default=2, ge=0, le=10)
-    """Retries of a failed task (node lost, image pull, transient errors)."""
+    """Retries of a task whose container failed (Argo's ``OnFailure``: an exit code other than 0, a transient
+    S3 or MLflow error). A pod lost with its node is not retried by Argo as KFP compiles retries; the daemon
+    retries such a run instead (``kfp.run_retries``)."""
     retry_backoff_s: int = Field(default=30, ge=1)
-    """First wait before a retry, in seconds; doubles up to retry_backoff_max_s."""
-    retry_backoff_max_s: int = Field(default=600, ge=1)
-    """Longest wait between retries, in seconds."""
+    """First wait before a retry, in seconds; doubles at each further retry."""
+    retry_window_s: int | None = Field(default=None, ge=1)
+    """Argo's ``backoff.maxDuration``, in seconds: the whole window, from a task's first start, in which it may
+    be retried (a retried pod is also stopped at its end). Unset: long enough for every attempt to run for
+    ``task_timeout_s`` plus the waits between them, so a task that fails after hours is still retried."""
     task_timeout_s: int = Field(default=86_400, ge=60)
     """A task running longer than this many seconds is stopped by Kubernetes."""
     node_selector: dict[str, str] = Field(default_factory=dict)
@@ -197,6 +222,13 @@ class PipelineSettings(_Group):
     max_background_fraction: float = Field(default=0.5, ge=0, le=1)
     """Validation fails the run when more than this share of images has no label file (an image without one
     is a background, trained on as an image without objects; many at once mean labels were not uploaded)."""
+
+    def retry_window(self) -> int:
+        """``retry_window_s``, else every attempt's ``task_timeout_s`` and the backoff waits between them."""
+        if self.retry_window_s is not None:
+            return self.retry_window_s
+        waits: int = sum(self.retry_backoff_s * 2**attempt for attempt in range(self.retries))
+        return (self.retries + 1) * self.task_timeout_s + waits
 
     def trainer_options(self) -> dict[str, object]:
         """What the training and evaluation steps get (``pipelines.steps.training.TrainerOptions``)."""
@@ -270,12 +302,14 @@ class RulesSettings(_Group):
 
 #: An environment variable's name, as notification targets are given.
 _VARIABLE = r"^[A-Za-z_][A-Za-z0-9_]*$"
-NoticeEvent = Literal["promoted", "rejected", "refused", "failed", "abandoned", "source_down", "rule_rejected"]
+NoticeEvent = Literal[
+    "promoted", "rejected", "refused", "failed", "abandoned", "waiting", "source_down", "rule_rejected"
+]
 
 
 class NotifySettings(_Group):
-    """Who is told of promotions, rejections, failed or abandoned runs, sources that stay down and refused
-    rule files (delivered with Apprise from the journal's outbox, with retries)."""
+    """Who is told of promotions, rejections, failed or abandoned runs, runs waiting too long to start, sources
+    that stay down and refused rule files (delivered with Apprise from the journal's outbox, with retries)."""
 
     targets: list[Annotated[str, Field(pattern=_VARIABLE)]] = []
     """Names of environment variables, each holding one Apprise URL (``slack://...``, ``msteams://...``,
@@ -287,6 +321,7 @@ class NotifySettings(_Group):
         "refused",
         "failed",
         "abandoned",
+        "waiting",
         "source_down",
         "rule_rejected",
     ]

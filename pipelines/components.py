@@ -146,8 +146,9 @@ def run_trial(
             out_dir=Path(workdir),
             options=training.TrainerOptions.from_json(trainer_json),
         )
-    metrics.log_metric("map50_95", result["map50_95"])
-    metrics.log_metric("map50", result["map50"])
+    for key in ("map50_95", "map50"):
+        if result[key] is not None:  # null with a reason when the trial produced none (never NaN: protojson)
+            metrics.log_metric(key, result[key])
     return result
 
 

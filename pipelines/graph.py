@@ -40,18 +40,28 @@ def _components(image: str) -> dict[str, Any]:
     }
 
 
-def _cluster(task: Any, config: settings_mod.PipelineSettings, *, gpus: int, data: bool) -> Any:
-    """Apply the cluster settings to one task (kfp.local ignores all of them). Caching is off for every
-    task: KFP keeps the compiled flag for runs of an uploaded pipeline version, and a cached task would skip
-    real work (a training, a promotion) that must happen once per run key."""
+def _cluster(task: Any, config: settings_mod.PipelineSettings, *, gpus: int, data: bool, heavy: bool) -> Any:
+    """Apply the cluster settings to one task (kfp.local ignores all of them).
+
+    Caching is off for every task: KFP keeps the compiled flag for runs of an uploaded pipeline version, and a
+    cached task would skip real work (a training, a promotion) that must happen once per run key. Every task
+    has cpu and memory requests and a memory limit (a namespace with a ResourceQuota refuses a pod without
+    them): ``heavy`` tasks (training, trials, evaluation) the training sizes, the others the light ones. The
+    retry window is Argo's ``maxDuration`` over all attempts (:meth:`PipelineSettings.retry_window`)."""
     task.set_caching_options(False)
     task.set_retry(
         num_retries=config.retries,
         backoff_duration=f"{config.retry_backoff_s}s",
         backoff_factor=2.0,
-        backoff_max_duration=f"{config.retry_backoff_max_s}s",
+        backoff_max_duration=f"{config.retry_window()}s",
     )
     kubernetes.set_timeout(task, seconds=config.task_timeout_s)
+    if heavy:
+        task.set_cpu_request(config.cpu_request).set_memory_request(config.memory_request)
+        task.set_memory_limit(config.memory_limit)
+    else:
+        task.set_cpu_request(config.light_cpu_request).set_memory_request(config.light_memory_request)
+        task.set_memory_limit(config.light_memory_limit)
     if config.s3_secret:
         kubernetes.use_secret_as_env(
             task,
@@ -64,12 +74,13 @@ def _cluster(task: Any, config: settings_mod.PipelineSettings, *, gpus: int, dat
         )
     if data and config.dataset_pvc:
         kubernetes.mount_pvc(task, pvc_name=config.dataset_pvc, mount_path=config.dataset_mount_path)
-    if gpus > 0:
-        task.set_accelerator_type(config.accelerator_type).set_accelerator_limit(gpus)
-        task.set_cpu_request(config.cpu_request).set_memory_limit(config.memory_limit)
+    if heavy:
+        # DataLoader workers share batches through /dev/shm: 64Mi by default in a container.
         kubernetes.empty_dir_mount(
             task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=config.shm_size
         )
+    if gpus > 0:
+        task.set_accelerator_type(config.accelerator_type).set_accelerator_limit(gpus)
         for key, value in config.node_selector.items():
             kubernetes.add_node_selector(task, label_key=key, label_value=value)
         for toleration in config.tolerations:
@@ -127,10 +138,13 @@ def build(*, image: str, config: settings_mod.PipelineSettings, shape: Shape) ->
             max_bad_fraction=max_bad_fraction,
             max_background_fraction=max_background_fraction,
         )
+        accel = None
         if gpus > 0:
-            accel = _cluster(c["check_accelerator"](require_gpu=require_gpu), config, gpus=gpus, data=False)
+            accel = _cluster(
+                c["check_accelerator"](require_gpu=require_gpu), config, gpus=gpus, data=False, heavy=False
+            )
             prep.after(accel)
-        prep = _cluster(prep, config, gpus=0, data=True)
+        prep = _cluster(prep, config, gpus=0, data=True, heavy=False)
         hyperparameters = hyperparameters_json
         if shape.tune:
             sampled = _cluster(
@@ -146,7 +160,10 @@ def build(*, image: str, config: settings_mod.PipelineSettings, shape: Shape) ->
                 config,
                 gpus=0,
                 data=False,
+                heavy=False,
             )
+            if accel is not None:  # nothing starts before the GPU node is known to be usable
+                sampled.after(accel)
             with dsl.ParallelFor(sampled.output, parallelism=shape.parallelism) as asked:
                 trial = _cluster(
                     c["run_trial"](
@@ -168,6 +185,7 @@ def build(*, image: str, config: settings_mod.PipelineSettings, shape: Shape) ->
                     config,
                     gpus=min(gpus, 1),
                     data=False,
+                    heavy=True,
                 )
             best = _cluster(
                 c["pick_best"](
@@ -178,6 +196,7 @@ def build(*, image: str, config: settings_mod.PipelineSettings, shape: Shape) ->
                 config,
                 gpus=0,
                 data=False,
+                heavy=False,
             )
             hyperparameters = best.output
         train = _cluster(
@@ -199,6 +218,7 @@ def build(*, image: str, config: settings_mod.PipelineSettings, shape: Shape) ->
             config,
             gpus=gpus,
             data=False,
+            heavy=True,
         )
         promote = _cluster(
             c["evaluate_and_promote"](
@@ -217,6 +237,7 @@ def build(*, image: str, config: settings_mod.PipelineSettings, shape: Shape) ->
             config,
             gpus=gpus,
             data=False,
+            heavy=True,
         )
         return promote.output
 

@@ -217,6 +217,18 @@ class _StateCollector(Collector):
         for state in runs.RunState:
             by_state.add_metric([state.value], counts.get(state.value, 0))
         yield by_state
+        waiting = GaugeMetricFamily(
+            "retrain_runs_waiting",
+            "Active runs waiting to start for longer than kfp.pending_timeout_s (a task's pod Pending), by rule.",
+            labels=["rule"],
+        )
+        stuck: dict[str, int] = {}
+        for run in self.journal.runs(states=runs.ACTIVE, limit=1000):
+            if run.waiting:
+                stuck[run.rule] = stuck.get(run.rule, 0) + 1
+        for rule, count in sorted(stuck.items()):
+            waiting.add_metric([rule], count)
+        yield waiting
         total = GaugeMetricFamily("retrain_journal_events", "Distinct events in the journal.")
         total.add_metric([], events)
         yield total

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from daemon import errors
@@ -25,6 +26,12 @@ class RunStatus:
     output: dict[str, Any] = field(default_factory=dict)
     """The pipeline's result (the promotion decision) once it succeeded."""
     error: str | None = None
+    retryable: bool = False
+    """The run failed and the backend can run its failed steps again within the retry budget."""
+    pending_since: datetime | None = None
+    """Since when the run (or one of its tasks) has been waiting to start: a pod Pending on a cluster."""
+    pending_reason: str | None = None
+    """What is waiting, and where to look (the daemon has no Kubernetes API to ask why)."""
 
 
 class Launcher(abc.ABC):
@@ -52,6 +59,15 @@ class Launcher(abc.ABC):
             errors.TemporaryError: the backend is unreachable now.
         """
         raise errors.PermanentError(f"the {self.name} launcher cannot cancel runs")
+
+    def retry(self, status: RunStatus) -> RunStatus:
+        """Run the failed steps of a ``retryable`` run again, keeping what succeeded; returns its new status.
+
+        Raises:
+            errors.PermanentError: this launcher cannot retry runs, or the backend refused.
+            errors.TemporaryError: the backend is unreachable now.
+        """
+        raise errors.PermanentError(f"the {self.name} launcher cannot retry runs")
 
     def close(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Release what the launcher holds; runs in progress are left alone."""

@@ -9,6 +9,12 @@
   the daemon's: PENDING/RUNNING/PAUSED/CANCELING -> running, SUCCEEDED/SKIPPED -> succeeded,
   FAILED/CANCELED -> failed.
 - Authentication: a bearer token, or the pod's projected service-account token.
+- The backend's release (``tag_name`` of ``/apis/v2beta1/healthz``, KFP's ``apiserver/main.go``) is checked
+  once against ``kfp.min_backend_version`` before the first submission: an older backend is refused with the
+  features it lacks, instead of a run that fails on the cluster.
+- A run that FAILED (not one cancelled) is retried through KFP's retry API (``runs/ID:retry``: Argo keeps
+  the succeeded steps) up to ``kfp.run_retries`` times: as KFP compiles retries, Argo retries a task whose
+  container failed but not a pod lost with its node (see :mod:`pipelines.graph` and the README).
 
 kfp and kfp-server-api errors are translated here: connection problems and 5xx are temporary, 4xx permanent.
 """
@@ -17,8 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import warnings
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +47,20 @@ _STATES = {
     "FAILED": runs.RunState.FAILED,
     "CANCELED": runs.RunState.FAILED,
 }
+
+
+def _utc(moment: Any) -> datetime | None:
+    if not isinstance(moment, datetime):
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _release(text: str) -> tuple[int, ...]:
+    """``2.14.0`` (``v2.14.0``, ``2.14.0-rc.1``) as a comparable tuple; ValueError for anything else."""
+    found = re.match(r"v?(\d+)\.(\d+)\.(\d+)", text.strip())
+    if found is None:
+        raise ValueError(text)
+    return tuple(int(part) for part in found.groups())
 
 
 class KfpLauncher(base.Launcher):
@@ -65,8 +87,14 @@ class KfpLauncher(base.Launcher):
         token: str | None = None,
         use_service_account_token: bool = False,
         request_timeout_s: float = 30.0,
+        min_backend_version: str = "2.14.0",
+        run_retries: int = 1,
     ) -> None:
         self.host = host
+        self.min_backend_version = min_backend_version
+        self.run_retries = run_retries
+        self._backend_checked = False
+        self._retried: dict[str, int] = {}
         self.request_timeout_s = request_timeout_s
         self.namespace = namespace
         self.package_for = package_for
@@ -131,7 +159,72 @@ class KfpLauncher(base.Launcher):
             error = f"KFP run {run.run_id} ended {run.state}" + (
                 f": {run.error}" if getattr(run, "error", None) else ""
             )
-        return base.RunStatus(run_key=run_key, state=state, backend_run_id=str(run.run_id), error=error)
+        since, reason = self._pending(run)
+        history = getattr(run, "state_history", None) or []
+        failures = sum(1 for entry in history if str(getattr(entry, "state", "")) == "FAILED")
+        retried = max(failures - 1, self._retried.get(run_key, 0))  # the history, or this process's count
+        retryable = str(run.state) == "FAILED" and retried < self.run_retries
+        return base.RunStatus(
+            run_key=run_key,
+            state=state,
+            backend_run_id=str(run.run_id),
+            error=error,
+            retryable=retryable,
+            pending_since=since,
+            pending_reason=reason,
+        )
+
+    def _pending(self, run: Any) -> tuple[datetime | None, str | None]:
+        """Since when the run waits to start, and what waits: the run itself (its workflow not started) or a task
+        whose pod is Pending (KFP reports Argo's node phases as task states; a missing Secret, an image that
+        cannot be pulled, a quota or no free GPU all look the same from the KFP API)."""
+        if str(run.state) == "PENDING":
+            return _utc(getattr(run, "created_at", None)), f"KFP has not started run {run.run_id} (PENDING)"
+        details = getattr(getattr(run, "run_details", None), "task_details", None) or []
+        waiting = [t for t in details if str(getattr(t, "state", "")) == "PENDING"]
+        if not waiting:
+            return None, None
+        task = min(waiting, key=lambda t: _utc(getattr(t, "create_time", None)) or datetime.max.replace(tzinfo=UTC))
+        pods = [c.pod_name for c in getattr(task, "child_tasks", None) or [] if getattr(c, "pod_name", None)]
+        where = f"pod {pods[0]}" if pods else "its pod"
+        reason = (
+            f"task {task.display_name} has not started: {where} is Pending in namespace {self.namespace} "
+            f"(a missing Secret or image, a ResourceQuota, or no node with the GPU and memory it asks for; "
+            f"`kubectl describe pod {pods[0] if pods else '<pod>'} -n {self.namespace}` says which)"
+        )
+        return _utc(getattr(task, "create_time", None)), reason
+
+    def _check_backend(self) -> None:
+        """Refuse a backend older than the pipelines need (once; an unknown release is let through, logged)."""
+        if self._backend_checked:
+            return
+        try:
+            reply = self.client()._healthz_api.healthz_service_get_healthz(_preload_content=False)
+            release = str(json.loads(reply.data or b"{}").get("tag_name") or "unknown")
+        except Exception as exc:
+            raise self._fail(exc, "reading the backend's release") from exc
+        self._backend_checked = True
+        try:
+            older = _release(release) < _release(self.min_backend_version)
+        except ValueError:
+            log.warning("kfp_backend_release_unknown", release=release, minimum=self.min_backend_version)
+            return
+        if older:
+            self._backend_checked = False  # an upgrade is seen without a restart
+            raise errors.PermanentError(
+                f"KFP at {self.host} runs backend {release}, older than {self.min_backend_version} that the "
+                "pipelines need (dsl.Collected fan-in of tuning trials: kubeflow/pipelines#11725; retries inside "
+                "a ParallelFor: #11908); upgrade KFP (README: Deploy to a cluster)"
+            )
+
+    def retry(self, status: base.RunStatus) -> base.RunStatus:
+        try:
+            self.client()._run_api.run_service_retry_run(status.backend_run_id)
+        except Exception as exc:
+            raise self._fail(exc, f"retrying run {status.run_key}") from exc
+        self._retried[status.run_key] = self._retried.get(status.run_key, 0) + 1
+        log.warning("run_retried", run_key=status.run_key, kfp_run_id=status.backend_run_id, error=status.error)
+        return base.RunStatus(run_key=status.run_key, state=runs.RunState.RUNNING, backend_run_id=status.backend_run_id)
 
     def find(self, run_key: ids.RunKey) -> base.RunStatus | None:
         predicate = {"operation": "EQUALS", "key": "display_name", "stringValue": run_key}
@@ -150,7 +243,15 @@ class KfpLauncher(base.Launcher):
             raise
         except Exception as exc:
             raise self._fail(exc, f"looking up run {run_key}") from exc
-        return self._status(run_key, found[0]) if found else None
+        if not found:
+            return None
+        run = found[0]
+        if str(run.state) in ("PENDING", "RUNNING"):  # its tasks' states come with the run itself
+            try:
+                run = self.client().get_run(run.run_id)
+            except Exception as exc:
+                raise self._fail(exc, f"reading run {run_key}") from exc
+        return self._status(run_key, run)
 
     def cancel(self, run_key: ids.RunKey, *, reason: str) -> base.RunStatus | None:
         """Terminate the KFP run of this key (KFP moves it to CANCELING, then CANCELED: recorded as failed)."""
@@ -171,6 +272,7 @@ class KfpLauncher(base.Launcher):
         if existing is not None:
             log.info("run_already_submitted", run_key=run_key, state=existing.state.value)
             return existing
+        self._check_backend()
         try:
             package = self.package_for(spec)
         except (OSError, ValueError, TypeError) as exc:

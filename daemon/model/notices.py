@@ -24,6 +24,8 @@ class NoticeKind(enum.StrEnum):
     """Better, but the champion moved meanwhile (the compare-and-set lost)."""
     FAILED = "failed"
     ABANDONED = "abandoned"
+    WAITING = "waiting"
+    """A run waited too long to start (a pod Pending on the cluster)."""
     SOURCE_DOWN = "source_down"
     RULE_REJECTED = "rule_rejected"
 
@@ -73,6 +75,19 @@ def for_run(run: runs.RunRecord) -> Notice | None:
         title=title,
         body=body,
         at=run.updated_at,
+        rule=run.rule,
+    )
+
+
+def run_waiting(run: runs.RunRecord, *, since: datetime, at: datetime, reason: str) -> Notice:
+    """A run that has waited to start since ``since``: told once per wait."""
+    minutes = max(1, round((at - since).total_seconds() / 60))
+    return Notice(
+        id=f"run:{run.run_key}:waiting:{_digest(since.isoformat())}",
+        kind=NoticeKind.WAITING,
+        title=f"run {run.run_key} of rule {run.rule} has waited {minutes} min to start",
+        body=reason,
+        at=at,
         rule=run.rule,
     )
 

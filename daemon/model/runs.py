@@ -63,3 +63,9 @@ class RunRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     promotion: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    """Why the run failed; while it is active, what it is waiting on (a pod Pending too long), or empty."""
+
+    @property
+    def waiting(self) -> str | None:
+        """What an active run is waiting on (reported by the run tracker), or None."""
+        return self.error if self.state.active and self.error else None

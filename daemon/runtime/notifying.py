@@ -35,7 +35,12 @@ class DeliveryFailed(Exception):
     """A target did not take the message (its message names no URL)."""
 
 
-_FAILURES = (notices.NoticeKind.FAILED, notices.NoticeKind.ABANDONED, notices.NoticeKind.SOURCE_DOWN)
+_FAILURES = (
+    notices.NoticeKind.FAILED,
+    notices.NoticeKind.ABANDONED,
+    notices.NoticeKind.WAITING,
+    notices.NoticeKind.SOURCE_DOWN,
+)
 
 
 def apprise_send(url: str, *, title: str, body: str, kind: notices.NoticeKind) -> None:

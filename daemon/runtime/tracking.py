@@ -18,8 +18,8 @@ from pathlib import Path
 from daemon import constants, errors, logs, retrying, settings
 from daemon.journal import base as journal_base
 from daemon.launchers import base as launcher_base
+from daemon.model import notices, runs
 from daemon.model import progress as progress_
-from daemon.model import runs
 from daemon.runtime import recording
 from daemon.sources import base as source_base
 
@@ -102,7 +102,12 @@ class RunTracker:
             self.read_curve(run)
         if status.state is runs.RunState.RUNNING:
             self._check_overdue(run)
+            self._check_waiting(run, status)
             return
+        if status.retryable and self._retry(status):
+            return
+        if run.waiting:  # it ended: what it waited on is no longer its state (a failure writes its own error)
+            self.journal.update_run(run.run_key, run.state, at=self.clock(), error="")
         try:
             self.recorder.finish(run, status)
         except errors.TemporaryError as exc:
@@ -111,6 +116,46 @@ class RunTracker:
         self._progress.pop(run.run_key, None)
         self._overdue.discard(run.run_key)
         self._curve_at.pop(run.run_key, None)
+
+    def _retry(self, status: launcher_base.RunStatus) -> bool:
+        """Have the backend run a failed run's failed steps again; False when it refused (record the failure)."""
+        try:
+            self.launcher.retry(status)
+        except errors.TemporaryError as exc:
+            log.warning("run_retry_pending", error=str(exc), action="retried once the backend answers")
+            return True
+        except errors.PermanentError as exc:
+            log.warning("run_retry_refused", error=str(exc))
+            return False
+        return True
+
+    def _check_waiting(self, run: runs.RunRecord, status: launcher_base.RunStatus) -> None:
+        """A run waiting to start for longer than ``kfp.pending_timeout_s`` is told once per wait, and what it
+        waits on is journaled on the run (``retrain status``, the dashboard, the metric read it there); cleared
+        once it starts."""
+        now = self.clock()
+        since = status.pending_since
+        if since is None:
+            if run.waiting:
+                self.journal.update_run(run.run_key, run.state, at=now, error="")
+                log.info("run_started_after_waiting", waited_for=run.waiting)
+            return
+        waited_s = (now - since).total_seconds()
+        if waited_s <= self.config.kfp.pending_timeout_s:
+            return
+        reason = f"waiting to start for {round(waited_s / 60)} min: {status.pending_reason or 'Pending'}"
+        if run.waiting is None or run.waiting.split(": ", 1)[1:] != reason.split(": ", 1)[1:]:
+            self.journal.update_run(run.run_key, run.state, at=now, error=reason)
+            self.journal.record_notice(
+                notices.run_waiting(run, since=since, at=now, reason=status.pending_reason or "Pending")
+            )
+            log.warning(
+                "run_waiting_too_long",
+                waited_s=round(waited_s),
+                limit_s=self.config.kfp.pending_timeout_s,
+                reason=status.pending_reason,
+                action="reported, not cancelled: fix what it waits on, or cancel it (retrain cancel)",
+            )
 
     def _check_overdue(self, run: runs.RunRecord) -> None:
         running_s = (self.clock() - run.created_at).total_seconds()

@@ -104,6 +104,8 @@ def make_launcher(config: settings.Settings, environ: Mapping[str, str] | None) 
             use_service_account_token=config.kfp.use_service_account_token,
             request_timeout_s=config.kfp.request_timeout_s,
             package_for=package_for(config),
+            min_backend_version=config.kfp.min_backend_version,
+            run_retries=config.kfp.run_retries,
         )
     return local.LocalLauncher(
         root=config.kfp.local_pipeline_root,

@@ -98,7 +98,8 @@ def record_best(*, tracking_uri: str, tuning_run_id: str, best: Mapping[str, Any
     client = registry.Mlflow(tracking_uri=tracking_uri)
 
     def record() -> None:
-        client.client.log_metric(tuning_run_id, "best_map50_95", float(best["map50_95"]))
+        if best.get("map50_95") is not None:
+            client.client.log_metric(tuning_run_id, "best_map50_95", float(best["map50_95"]))
         client.client.log_metric(tuning_run_id, "trials_pruned", float(pruned))
         number = best.get("number")  # KFP hands numbers back as floats
         client.client.set_tag(tuning_run_id, "retrain.tuning.best_trial", "" if number is None else str(int(number)))
@@ -197,11 +198,24 @@ def run_trial(
 def _result(
     number: int, params: dict[str, Any], trial: Mapping[str, Any], metrics: Mapping[str, float], *, pruned: bool
 ) -> dict[str, Any]:
-    return {
+    found = {key: _finite_or_none(metrics.get(key)) for key in ("map50_95", "map50")}
+    result: dict[str, Any] = {
         "number": number,
         "params": params,
-        "map50_95": float(metrics.get("map50_95", math.nan)),
-        "map50": float(metrics.get("map50", math.nan)),
+        **found,
         "pruned": pruned,
         "tuning_run_id": trial["tuning_run_id"],
     }
+    missing = sorted(key for key, value in found.items() if value is None)
+    if missing:
+        # KFP's launcher parses task outputs with protojson: a NaN there fails the task, so a metric the trial
+        # never produced is null, with the reason.
+        result["missing"] = f"trial {number} has no finite {', '.join(missing)} (stopped before a validation)"
+    return result
+
+
+def _finite_or_none(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None

@@ -147,6 +147,8 @@ def pick_best(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _score(result: Mapping[str, Any]) -> float:
+    if result.get("map50_95") is None:
+        return -math.inf  # a trial without a finite metric (see searching._result)
     value = float(result["map50_95"])
     return value if math.isfinite(value) else -math.inf
 

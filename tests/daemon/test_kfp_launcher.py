@@ -270,3 +270,45 @@ def test_the_daemon_runs_on_kfp_and_reads_the_outcome_from_mlflow(
     finally:
         daemon.stop()
         daemon.shutdown()
+
+
+def test_a_backend_older_than_the_declared_minimum_is_refused_with_the_features_it_lacks(
+    tmp_path: Path, spec: dict[str, Any]
+) -> None:
+    old = KfpStandIn(backend_version="2.5.0").start()
+    try:
+        launcher = kfp_launcher.KfpLauncher(host=old.url, namespace="kubeflow", package_for=compiler(tmp_path))
+        key = ids.RunKey(spec["arguments"]["run_key"])
+        with pytest.raises(errors.PermanentError) as refused:
+            launcher.submit(key, spec)
+        assert "runs backend 2.5.0, older than 2.14.0" in str(refused.value)
+        assert "kubeflow/pipelines#11725" in str(refused.value)
+        assert not old.runs and not old.pipelines  # refused before anything was uploaded
+        old.backend_version = settings.KfpSettings().min_backend_version  # upgraded: no restart needed
+        assert launcher.submit(key, spec).state is runs.RunState.RUNNING
+    finally:
+        old.close()
+
+
+def test_a_failed_run_is_retried_through_kfp_s_api_within_its_budget(
+    standin: KfpStandIn, tmp_path: Path, spec: dict[str, Any]
+) -> None:
+    launcher = kfp_launcher.KfpLauncher(
+        host=standin.url, namespace="kubeflow", package_for=compiler(tmp_path), run_retries=1
+    )
+    key = ids.RunKey(spec["arguments"]["run_key"])
+    submitted = launcher.submit(key, spec)
+    standin.set_state(submitted.backend_run_id, "FAILED")
+    failed = launcher.find(key)
+    assert failed is not None and failed.state is runs.RunState.FAILED and failed.retryable
+    assert launcher.retry(failed).state is runs.RunState.RUNNING
+    assert ("POST", f"/apis/v2beta1/runs/{submitted.backend_run_id}:retry") in standin.requests
+    assert standin.runs[submitted.backend_run_id]["state"] == "RUNNING"
+    standin.set_state(submitted.backend_run_id, "FAILED")
+    # A restarted daemon (a new launcher) reads the budget from the run's state history, not its memory.
+    again = kfp_launcher.KfpLauncher(host=standin.url, namespace="kubeflow", package_for=compiler(tmp_path))
+    second = again.find(key)
+    assert second is not None and second.state is runs.RunState.FAILED and not second.retryable
+    standin.set_state(submitted.backend_run_id, "CANCELED")  # a cancelled run is never retried
+    cancelled = launcher.find(key)
+    assert cancelled is not None and not cancelled.retryable

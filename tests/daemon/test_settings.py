@@ -214,3 +214,14 @@ def test_leader_timings_that_would_let_the_lease_lapse_or_block_a_takeover_are_r
     config = settings.load(environ=url)
     assert config.journal.url is not None and config.leader.ttl_s == 15.0
     assert settings.load(environ={"RETRAIN_LEADER__TTL_S": "9", "RETRAIN_LEADER__RENEW_INTERVAL_S": "3"})  # SQLite
+
+
+def test_every_notice_kind_can_be_chosen_and_is_told_by_default() -> None:
+    from typing import get_args
+
+    from daemon.model import notices
+    from daemon.settings_groups import NoticeEvent
+
+    kinds = {kind.value for kind in notices.NoticeKind}
+    assert set(get_args(NoticeEvent)) == kinds
+    assert set(settings.NotifySettings().events) == kinds

@@ -51,12 +51,16 @@ def test_compiled_spec_carries_gpu_shm_pvc_secrets_retries(tmp_path: Path) -> No
     assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert train["resources"]["accelerator"]["resourceCount"] == "1"
     assert train["resources"]["resourceMemoryLimit"] == "16Gi"
-    assert "resources" not in executors["exec-prepare-dataset"]["container"]  # no GPU for data steps
+    assert train["resources"]["resourceMemoryRequest"] == "8Gi"
+    prepare = executors["exec-prepare-dataset"]["container"]["resources"]
+    assert "accelerator" not in prepare  # no GPU for data steps, but requests a quota accepts
+    assert (prepare["resourceCpuRequest"], prepare["resourceMemoryRequest"]) == ("500m", "1Gi")
     tasks = spec["root"]["dag"]["tasks"]
+    # Argo's maxDuration is the whole retry window: three attempts of a day each, and the waits between them.
     assert tasks["train-model"]["retryPolicy"] == {
         "backoffDuration": "30s",
         "backoffFactor": 2.0,
-        "backoffMaxDuration": "600s",
+        "backoffMaxDuration": f"{3 * 86_400 + 30 + 60}s",
         "maxRetryCount": 2,
     }
     # Tuning fans out with the rule's parallelism, one GPU per trial.

@@ -233,6 +233,7 @@ function activeRun(run) {
     h("div", { class: "muted reason" }, `${run.rule} · ${run.trigger} · started ${when(run.created_at)} (`, countdown(run.created_at), ")"),
     h("div", { class: "reason" }, run.reason),
   ];
+  if (run.error) parts.push(h("div", { class: "reason waiting" }, badge("waiting", "bad"), " ", run.error));
   if (p && p.points.length) {
     parts.push(h("div", { class: "row" }, h("span", {}, p.final ? "training done (best weights checked)" : "epoch"),
       h("span", { class: "epoch-count" }, `${p.epoch} / ${epochs || "?"}`)));
