@@ -55,6 +55,7 @@ SECONDS = {
     "test_the_ha_overlay_runs_two_pods_and_the_survivor_of_a_killed_leader_launches": 39,
     "test_a_run_waiting_on_a_pending_pod_is_reported_everywhere_an_operator_looks": 19,
     "test_the_gpu_shaped_run_of_a_shipped_rule_fails_early_on_a_node_without_a_gpu_driver": 16,
+    "test_a_task_pod_cannot_read_the_daemon_s_environment_journal_or_api": 17,
 }
 #: Units of more than one test (any other test is a unit of its own): modules whose tests share a module-scoped
 #: fixture (a trained model, a served dashboard), and the tests that assert on elapsed time (latency

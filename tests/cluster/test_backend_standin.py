@@ -7,15 +7,12 @@ daemon."""
 
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 from kfp import dsl, kubernetes
 
@@ -23,8 +20,9 @@ from daemon import settings
 from daemon.launchers import kfp as kfp_launcher
 from daemon.model import ids, runs
 from pipelines import graph
+from tests.cluster.test_daemon_pod import buckets, daemon_pod  # noqa: F401 - buckets: a fixture
 from tests.cluster.test_standin import client_for, compile_to, submit, wait_state
-from tests.support import kfp_backend, pods, waiting
+from tests.support import kfp_backend, kubelet, pods, services, waiting
 from tests.support.kfp_standin import TRAINER_UID, Cluster, KfpStandIn
 from tests.support.paths import ROOT
 
@@ -58,7 +56,6 @@ def not_a_number() -> dict:
 
 
 def shared_memory() -> int:
-    import os
 
     stats = os.statvfs("/dev/shm")
     return stats.f_blocks * stats.f_frsize
@@ -241,7 +238,7 @@ def test_shm_is_64_mib_unless_mounted_and_a_quota_refuses_pods_without_requests(
 
 class _Api(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        body = b'{"the daemon": "status"}'
+        body = b'{"reachable": "yes"}'
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -251,25 +248,16 @@ class _Api(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_task_pod_cannot_read_the_daemon_s_environment_journal_or_api(cluster: Cluster, tmp_path: Path) -> None:
-    # The daemon: uid 10001, an S3 key in its environment, its journal in a folder of its own, its API on a port.
-    home = Path(tempfile.mkdtemp(prefix="daemon-home-"))
-    home.chmod(0o755)
-    journal = home / "journal.db"
-    journal.write_text("SQLite format 3 - the daemon's journal")
-    os.chown(home, 10001, 10001)
-    os.chown(journal, 10001, 10001)
-    journal.chmod(0o600)
-    api = ThreadingHTTPServer(("127.0.0.1", 0), _Api)
-    allowed = ThreadingHTTPServer(("127.0.0.1", 0), _Api)  # stands for S3: the runs' policy lets them reach it
-    for server in (api, allowed):
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    daemon = subprocess.Popen(
-        ["setpriv", "--reuid=10001", "--regid=10001", "--clear-groups", sys.executable, "-c", "input()"],
-        env={"RETRAIN_SOURCES__S3__SECRET_KEY": "daemon-s3-secret-key", "PATH": "/usr/bin:/bin"},
-        cwd=home,
-        stdin=subprocess.PIPE,
-    )
+@pytest.mark.services
+@pytest.mark.usefixtures("buckets")
+def test_a_task_pod_cannot_read_the_daemon_s_environment_journal_or_api(
+    cluster: Cluster, tmp_path: Path, s3_server: services.S3Server
+) -> None:
+    """The daemon as the rendered Deployment runs it (uid 10001, its S3 key in its environment, its journal
+    on its volume, its API un-tokened for reads) and a task pod of a run beside it on the same machine."""
+    pod = daemon_pod(tmp_path, s3_server, kubelet.render("base")).start()
+    allowed = ThreadingHTTPServer(("127.0.0.1", 0), _Api)  # stands for S3: the runs' network policy allows it
+    threading.Thread(target=allowed.serve_forever, daemon=True).start()
     component = dsl.component(base_image="python:3.11", install_kfp_package=False)(look_at_the_daemon)
 
     @dsl.pipeline(name="look-at-the-daemon")
@@ -281,36 +269,37 @@ def test_a_task_pod_cannot_read_the_daemon_s_environment_journal_or_api(cluster:
     cluster.reach = [allowed.server_address[1]]
     standin = standin_for(cluster)
     try:
-        # The daemon's own processes see each other's files: the journal is readable from its side.
-        assert Path(f"/proc/{daemon.pid}/environ").read_bytes().count(b"daemon-s3-secret-key") == 1
+        assert pod.pod is not None
+        pid = pod.pod.pid  # unshare execs the container's command: the daemon's own process
+        api = f"{pod.url}/api/v1/status"
+        # What the task will try is there to be had, from this machine's side.
+        assert s3_server.secret_key.encode() in Path(f"/proc/{pid}/environ").read_bytes()
+        assert Path(f"/proc/{pid}/root/var/lib/retrain/journal.db").exists()
+        assert httpx.get(api, timeout=10).status_code == 200  # reads need no token (issue 45 adds one)
         client = client_for(standin)
         run_id = submit(
             client,
             compile_to(tmp_path / "p.yaml", look),
             "look-1",
-            pid=daemon.pid,
-            journal=str(journal),
-            api=f"http://127.0.0.1:{api.server_address[1]}/api/v1/status",
+            pid=pid,
+            journal="/var/lib/retrain/journal.db",
+            api=api,
             allowed=f"http://127.0.0.1:{allowed.server_address[1]}/",
         )
         assert wait_state(client, run_id) == "SUCCEEDED", standin.log_of(run_id)
         seen = json.loads(standin.result_of(run_id)["output"])
-        assert seen["environ"] in ("FileNotFoundError", "PermissionError")
-        assert seen["journal"] in ("FileNotFoundError", "PermissionError")
-        assert daemon.pid not in seen["processes"]  # its own PID namespace
-        assert seen["api"] in ("ConnectionRefusedError", "URLError")  # its own network: the daemon is not there
-        assert seen["allowed"] == '{"the daemon": "status"}'  # what its network policy allows is reached
+        assert seen["environ"] in ("FileNotFoundError", "PermissionError"), seen
+        assert seen["journal"] in ("FileNotFoundError", "PermissionError"), seen
+        assert pid not in seen["processes"]  # its own PID namespace
+        assert seen["api"] in ("ConnectionRefusedError", "URLError"), seen  # its own network
+        assert seen["allowed"] == '{"reachable": "yes"}'  # what its network policy allows is reached
         assert f"USER {TRAINER_UID}:{TRAINER_UID}" in (ROOT / "Dockerfile").read_text()  # the trainer image's
+        assert pod.stop() == 0
     finally:
+        pod.kill()
         standin.close()
-        daemon.kill()
-        daemon.wait(10)
-        assert daemon.stdin is not None
-        daemon.stdin.close()
-        for server in (api, allowed):
-            server.shutdown()
-            server.server_close()
-        shutil.rmtree(home, ignore_errors=True)
+        allowed.shutdown()
+        allowed.server_close()
 
 
 def test_a_run_waiting_on_a_pending_pod_is_reported_everywhere_an_operator_looks(
