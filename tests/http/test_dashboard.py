@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
 from daemon import reactor, settings
 from daemon.http import metrics as metrics_
@@ -395,3 +395,32 @@ def test_a_real_run_shows_its_training_curve_live_then_its_version(
         context.close()
         daemon.stop()
         thread.join(60)
+
+
+def test_a_run_waiting_to_start_says_what_it_waits_on(chromium: Browser, dashboard: Dashboard) -> None:
+    """The run card of a run the tracker reported as waiting (its pod Pending past kfp.pending_timeout_s): the
+    journal's record, as /api/v1/dashboard serves it, with the reason on the card. The daemon here tracks its
+    runs with the local launcher, which would withdraw the report at its next poll, so the served document is
+    given that run on its way to the page."""
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    reason = (
+        "waiting to start for 16 min: task train-model has not started: pod retrain-x-123 is Pending in "
+        "namespace kubeflow (a missing Secret or image, a ResourceQuota, or no node with the GPU and memory it "
+        "asks for; `kubectl describe pod retrain-x-123 -n kubeflow` says which)"
+    )
+
+    def with_a_waiting_run(route: Route) -> None:
+        served = route.fetch()
+        document = served.json()
+        waiting = {**document["recent_runs"][0], "run_key": "shelves-waiting", "state": "running"}
+        waiting.update(error=reason, progress=None, promotion={}, metrics={})
+        document["active_runs"] = [waiting]
+        route.fulfill(response=served, json=document)
+
+    page.route("**/api/v1/dashboard*", with_a_waiting_run)
+    page.goto(dashboard.url + "/")
+    card = page.locator("article.run[data-run=shelves-waiting]")
+    expect(card.locator(".badge", has_text="waiting")).to_be_visible()
+    expect(card.locator(".reason.waiting")).to_contain_text("pod retrain-x-123 is Pending")
+    context.close()
