@@ -206,6 +206,7 @@ class _StateCollector(Collector):
         try:
             counts = self.journal.run_counts()
             events = self.journal.event_count()
+            active = self.journal.runs(states=runs.ACTIVE, limit=1000)
         except Exception as exc:  # a locked or broken journal must not fail the whole scrape
             log.warning("metrics_journal_unreadable", error=str(exc))
             up.add_metric([], 0.0)
@@ -223,7 +224,7 @@ class _StateCollector(Collector):
             labels=["rule"],
         )
         stuck: dict[str, int] = {}
-        for run in self.journal.runs(states=runs.ACTIVE, limit=1000):
+        for run in active:
             if run.waiting:
                 stuck[run.rule] = stuck.get(run.rule, 0) + 1
         for rule, count in sorted(stuck.items()):

@@ -143,8 +143,8 @@ class RunTracker:
         waited_s = (now - since).total_seconds()
         if waited_s <= self.config.kfp.pending_timeout_s:
             return
-        reason = f"waiting to start for {round(waited_s / 60)} min: {status.pending_reason or 'Pending'}"
-        if run.waiting is None or run.waiting.split(": ", 1)[1:] != reason.split(": ", 1)[1:]:
+        reason = f"waiting to start since {since:%Y-%m-%d %H:%M} UTC: {status.pending_reason or 'Pending'}"
+        if run.waiting != reason:
             self.journal.update_run(run.run_key, run.state, at=now, error=reason)
             self.journal.record_notice(
                 notices.run_waiting(run, since=since, at=now, reason=status.pending_reason or "Pending")

@@ -405,9 +405,9 @@ def test_a_run_waiting_to_start_says_what_it_waits_on(chromium: Browser, dashboa
     context = chromium.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     reason = (
-        "waiting to start for 16 min: task train-model has not started: pod retrain-x-123 is Pending in "
-        "namespace kubeflow (a missing Secret or image, a ResourceQuota, or no node with the GPU and memory it "
-        "asks for; `kubectl describe pod retrain-x-123 -n kubeflow` says which)"
+        "waiting to start since 2026-12-07 21:40 UTC: task train-model has not started: pod retrain-x-123 is "
+        "Pending in namespace kubeflow (a missing Secret or image, a ResourceQuota, or no node with the GPU and "
+        "memory it asks for; `kubectl describe pod retrain-x-123 -n kubeflow` says which)"
     )
 
     def with_a_waiting_run(route: Route) -> None:
