@@ -178,8 +178,15 @@ class KfpLauncher(base.Launcher):
         """Since when the run waits to start, and what waits: the run itself (its workflow not started) or a task
         whose pod is Pending (KFP reports Argo's node phases as task states; a missing Secret, an image that
         cannot be pulled, a quota or no free GPU all look the same from the KFP API)."""
-        if str(run.state) == "PENDING":
-            return _utc(getattr(run, "created_at", None)), f"KFP has not started run {run.run_id} (PENDING)"
+        if str(run.state) == "PENDING":  # since it last became PENDING (a retried run does again), else its creation
+            moments = [
+                _utc(getattr(entry, "update_time", None))
+                for entry in getattr(run, "state_history", None) or []
+                if str(getattr(entry, "state", "")) == "PENDING"
+            ]
+            known = [m for m in moments if m is not None]
+            since = known[-1] if known else _utc(getattr(run, "created_at", None))
+            return since, f"KFP has not started run {run.run_id} (PENDING)"
         details = getattr(getattr(run, "run_details", None), "task_details", None) or []
         waiting = [t for t in details if str(getattr(t, "state", "")) == "PENDING"]
         if not waiting:

@@ -312,3 +312,28 @@ def test_a_failed_run_is_retried_through_kfp_s_api_within_its_budget(
     standin.set_state(submitted.backend_run_id, "CANCELED")  # a cancelled run is never retried
     cancelled = launcher.find(key)
     assert cancelled is not None and not cancelled.retryable
+
+
+def test_a_pending_run_waits_since_it_last_became_pending(
+    standin: KfpStandIn, tmp_path: Path, spec: dict[str, Any]
+) -> None:
+    """A run retried a day after its creation is PENDING again: its wait counts from then, not its creation."""
+    from datetime import UTC, datetime, timedelta
+
+    launcher = kfp_launcher.KfpLauncher(host=standin.url, namespace="kubeflow", package_for=compiler(tmp_path))
+    key = ids.RunKey(spec["arguments"]["run_key"])
+    submitted = launcher.submit(key, spec)
+    run = standin.runs[submitted.backend_run_id]
+    run["created_at"] = "2026-01-01T00:00:00Z"
+    run["state_history"] = [{"update_time": "2026-01-01T00:00:00Z", "state": "PENDING"}]
+    found = launcher.find(key)
+    assert found is not None and found.pending_since == datetime(2026, 1, 1, tzinfo=UTC)
+    assert found.pending_reason == f"KFP has not started run {submitted.backend_run_id} (PENDING)"
+    standin.set_state(submitted.backend_run_id, "FAILED")
+    standin.set_state(submitted.backend_run_id, "PENDING")  # retried
+    again = launcher.find(key)
+    assert again is not None and again.pending_since is not None
+    assert datetime.now(UTC) - again.pending_since < timedelta(minutes=1)
+    standin.set_state(submitted.backend_run_id, "RUNNING")
+    running = launcher.find(key)
+    assert running is not None and running.pending_since is None and running.pending_reason is None
