@@ -4,6 +4,7 @@ runs (tests/core), not only in the daemon's tests."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -141,6 +142,7 @@ def test_notice_kinds_are_the_texts_the_journal_and_targets_use() -> None:
         "refused",
         "failed",
         "abandoned",
+        "waiting",
         "source_down",
         "rule_rejected",
     ]
@@ -283,3 +285,29 @@ def test_a_search_space_built_from_models_keeps_its_kinds() -> None:
     assert again.space["imgsz"] == rules.SearchChoice(choices=[320, 640])
     assert again.space["lr0"] == rules.SearchRange(low=0.001, high=0.1)
     assert rules.TuneSpec.model_validate(tune).space == tune.space
+
+
+def test_a_waiting_run_is_told_once_per_wait_with_its_minutes() -> None:
+    run = runs.RunRecord(
+        run_key=ids.RunKey("pets-1"),
+        rule="pets",
+        state=runs.RunState.RUNNING,
+        trigger="new_labels",
+        reason="r",
+        snapshot=None,
+        created_at=T0,
+        updated_at=T0,
+    )
+    since = T0 - timedelta(minutes=16, seconds=29)
+    notice = notices.run_waiting(run, since=since, at=T0, reason="task x has not started")
+    assert (notice.kind, notice.rule, notice.body) == (notices.NoticeKind.WAITING, "pets", "task x has not started")
+    assert notice.title == "run pets-1 of rule pets has waited 16 min to start"
+    assert notice.id == notices.run_waiting(run, since=since, at=T0 + timedelta(hours=1), reason="other").id
+    assert notice.id != notices.run_waiting(run, since=since + timedelta(seconds=1), at=T0, reason="x").id
+    assert notices.run_waiting(run, since=T0, at=T0, reason="x").title.endswith("waited 1 min to start")
+    assert notices.for_run(run) is None  # still active: no outcome notice
+    assert run.waiting is None
+    waiting = dataclasses.replace(run, error="waiting to start since ...")
+    assert waiting.waiting == "waiting to start since ..."
+    assert dataclasses.replace(waiting, state=runs.RunState.FAILED).waiting is None
+    assert dataclasses.replace(run, error="").waiting is None

@@ -26,10 +26,15 @@ class OutsideCheckout(RuntimeError):
 _EVENTS = frozenset({"open", "os.listdir", "os.scandir"})
 _INSIDE = str(ROOT) + os.sep
 _BESIDE = str(ROOT.parent) + os.sep
+#: The checkout sits directly in the system's temporary folder (a clone at /tmp/NAME): every temporary path
+#: (pytest's, the services') is then beside it, and only the checkout's own siblings could be told apart by
+#: name, so temporary paths are allowed. A clone deeper down (/tmp/x/NAME) keeps its siblings refused.
+IN_TEMP_FOLDER = os.path.abspath(ROOT.parent) == os.path.abspath(tempfile.gettempdir())
 #: Allowed wherever the checkout lies: the interpreter and its libraries (a virtual environment beside the
-#: checkout included) and the system's temporary folder (a clone directly under /tmp).
+#: checkout included), and the temporary folder when the checkout sits directly in it.
 _ALLOWED = tuple(
-    {os.path.abspath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, tempfile.gettempdir())}
+    {os.path.abspath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    | ({os.path.abspath(tempfile.gettempdir()) + os.sep} if IN_TEMP_FOLDER else set())
 )
 _refused: list[str] = []
 _lock = threading.Lock()
