@@ -6,7 +6,6 @@ daemon."""
 # No `from __future__ import annotations`: KFP reads the component functions' annotations as objects.
 
 import json
-import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,6 +55,8 @@ def not_a_number() -> dict:
 
 
 def shared_memory() -> int:
+    """The size of the pod's /dev/shm."""
+    import os  # a component's imports live in its body: only the function travels to the pod
 
     stats = os.statvfs("/dev/shm")
     return stats.f_blocks * stats.f_frsize
@@ -368,7 +369,9 @@ def test_a_run_waiting_on_a_pending_pod_is_reported_everywhere_an_operator_looks
             return found
 
         waiting.wait_until(
-            lambda: "has not started" in ((launcher.find(launch.run_key) or submitted).pending_reason or ""),
+            lambda: (
+                "task counted has not started" in ((launcher.find(launch.run_key) or submitted).pending_reason or "")
+            ),
             60,
             "the task reported Pending",
             explain=lambda: standin.log_of(submitted.backend_run_id),
