@@ -76,6 +76,17 @@ def spec(s3_server: services.S3Server, s3_bucket: str, tmp_path: Path) -> dict[s
     )
 
 
+def submitted_run(
+    standin: KfpStandIn, tmp_path: Path, spec: dict[str, Any], **options: Any
+) -> tuple[kfp_launcher.KfpLauncher, ids.RunKey, Any]:
+    """A launcher on the stand-in, the spec's run key, and the status of the run it submitted."""
+    launcher = kfp_launcher.KfpLauncher(
+        host=standin.url, namespace="kubeflow", package_for=compiler(tmp_path), **options
+    )
+    key = ids.RunKey(spec["arguments"]["run_key"])
+    return launcher, key, launcher.submit(key, spec)
+
+
 def test_submit_uploads_once_creates_once_and_finds_by_name(
     standin: KfpStandIn, tmp_path: Path, spec: dict[str, Any]
 ) -> None:
@@ -122,9 +133,7 @@ def test_submit_uploads_once_creates_once_and_finds_by_name(
 def test_states_are_mapped(
     standin: KfpStandIn, tmp_path: Path, spec: dict[str, Any], kfp_state: str, state: runs.RunState
 ) -> None:
-    launcher = kfp_launcher.KfpLauncher(host=standin.url, namespace="kubeflow", package_for=compiler(tmp_path))
-    key = ids.RunKey(spec["arguments"]["run_key"])
-    submitted = launcher.submit(key, spec)
+    launcher, key, submitted = submitted_run(standin, tmp_path, spec)
     standin.set_state(submitted.backend_run_id, kfp_state)
     found = launcher.find(key)
     assert found is not None and found.state is state
@@ -135,9 +144,7 @@ def test_states_are_mapped(
 def test_cancel_terminates_the_kfp_run_through_the_api(
     standin: KfpStandIn, tmp_path: Path, spec: dict[str, Any]
 ) -> None:
-    launcher = kfp_launcher.KfpLauncher(host=standin.url, namespace="kubeflow", package_for=compiler(tmp_path))
-    key = ids.RunKey(spec["arguments"]["run_key"])
-    submitted = launcher.submit(key, spec)
+    launcher, key, submitted = submitted_run(standin, tmp_path, spec)
     standin.set_state(submitted.backend_run_id, "RUNNING")
     cancelled = launcher.cancel(key, reason="by ops: wrong data")
     assert ("POST", f"/apis/v2beta1/runs/{submitted.backend_run_id}:terminate") in standin.requests
@@ -293,11 +300,7 @@ def test_a_backend_older_than_the_declared_minimum_is_refused_with_the_features_
 def test_a_failed_run_is_retried_through_kfp_s_api_within_its_budget(
     standin: KfpStandIn, tmp_path: Path, spec: dict[str, Any]
 ) -> None:
-    launcher = kfp_launcher.KfpLauncher(
-        host=standin.url, namespace="kubeflow", package_for=compiler(tmp_path), run_retries=1
-    )
-    key = ids.RunKey(spec["arguments"]["run_key"])
-    submitted = launcher.submit(key, spec)
+    launcher, key, submitted = submitted_run(standin, tmp_path, spec, run_retries=1)
     standin.set_state(submitted.backend_run_id, "FAILED")
     failed = launcher.find(key)
     assert failed is not None and failed.state is runs.RunState.FAILED and failed.retryable
@@ -320,9 +323,7 @@ def test_a_pending_run_waits_since_it_last_became_pending(
     """A run retried a day after its creation is PENDING again: its wait counts from then, not its creation."""
     from datetime import UTC, datetime, timedelta
 
-    launcher = kfp_launcher.KfpLauncher(host=standin.url, namespace="kubeflow", package_for=compiler(tmp_path))
-    key = ids.RunKey(spec["arguments"]["run_key"])
-    submitted = launcher.submit(key, spec)
+    launcher, key, submitted = submitted_run(standin, tmp_path, spec)
     run = standin.runs[submitted.backend_run_id]
     run["created_at"] = "2026-01-01T00:00:00Z"
     run["state_history"] = [{"update_time": "2026-01-01T00:00:00Z", "state": "PENDING"}]
