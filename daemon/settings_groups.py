@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
 class _Group(BaseModel):
@@ -73,7 +73,8 @@ class S3Settings(_Group):
     """The S3 API (MinIO) that S3 dataset sources list and listen to."""
 
     endpoint: str | None = None
-    """``host:port`` of the S3 API, e.g. ``minio.minio.svc:9000``. Unset: no rule may use ``s3://``."""
+    """``host:port`` of the S3 API, e.g. ``minio.minio.svc:9000``; a URL (``http://host:port``) is accepted and
+    normalised to ``host:port``, its scheme setting ``secure``. Unset: no rule may use ``s3://``."""
     secure: bool = True
     """Use HTTPS to talk to the S3 API."""
     region: str | None = None
@@ -86,6 +87,43 @@ class S3Settings(_Group):
     """Seconds to wait for a TCP connection to the S3 API."""
     read_timeout_s: float = Field(default=60.0, gt=0)
     """Seconds to wait for data on an open connection (the listen stream sends keep-alives)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _endpoint_url(cls, data: object) -> object:
+        """An ``http(s)://host:port`` endpoint is taken as ``host:port`` with ``secure`` from its scheme (a
+        ``secure`` that says otherwise is an error); what is left is checked by :meth:`_endpoint`."""
+        if not isinstance(data, dict) or not isinstance(data.get("endpoint"), str):
+            return data
+        text = data["endpoint"].strip()
+        scheme, separator, rest = text.partition("://")
+        if not separator or scheme.lower() not in ("http", "https"):
+            return dict(data, endpoint=text)
+        secure = scheme.lower() == "https"
+        if "secure" in data and str(data["secure"]).strip().lower() not in (str(secure).lower(), str(int(secure))):
+            raise ValueError(f"sources.s3.endpoint is an {scheme} URL but sources.s3.secure is {data['secure']}")
+        return dict(data, endpoint=rest.rstrip("/"), secure=secure)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        """``host:port`` as minio-py wants it; a clear error for one that can never work (it would otherwise be
+        minio-py's ValueError when the daemon starts)."""
+        if value is None:
+            return None
+        if "@" in value:  # never echoed: it holds a password
+            raise ValueError("credentials do not belong in the endpoint: give sources.s3.access_key and secret_key")
+        if "://" in value:
+            raise ValueError(f"{value!r}: the S3 API is reached over http or https (or give host:port)")
+        host_port, _, path = value.partition("/")
+        if path:
+            raise ValueError(f"{value!r}: host:port only, a path (/{path}) is not part of it")
+        host, colon, port = host_port.rpartition(":") if ":" in host_port else (host_port, "", "")
+        if not host or any(c.isspace() for c in host_port):
+            raise ValueError(f"{value!r}: expected host:port, e.g. minio.minio.svc:9000")
+        if colon and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(f"{value!r}: port {port!r} is not a number from 1 to 65535")
+        return host_port
 
 
 class SourcesSettings(_Group):

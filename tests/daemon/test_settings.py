@@ -225,3 +225,61 @@ def test_every_notice_kind_can_be_chosen_and_is_told_by_default() -> None:
     kinds = {kind.value for kind in notices.NoticeKind}
     assert set(get_args(NoticeEvent)) == kinds
     assert set(settings.NotifySettings().events) == kinds
+
+
+@pytest.mark.parametrize(
+    ("given", "endpoint", "secure"),
+    [
+        ("minio.minio.svc:9000", "minio.minio.svc:9000", True),
+        ("  127.0.0.1:9000 ", "127.0.0.1:9000", True),  # a trailing space from a pasted Secret
+        ("http://127.0.0.1:9", "127.0.0.1:9", False),
+        ("https://minio.example:9000/", "minio.example:9000", True),
+        ("HTTP://s3.local", "s3.local", False),
+    ],
+)
+def test_an_s3_endpoint_url_is_normalised_to_host_and_port(given: str, endpoint: str, secure: bool) -> None:
+    loaded = settings.load(environ={"RETRAIN_SOURCES__S3__ENDPOINT": given}, overrides=[])
+    assert (loaded.sources.s3.endpoint, loaded.sources.s3.secure) == (endpoint, secure)
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ("127.0.0.1:99999", "port '99999' is not a number from 1 to 65535"),
+        ("minio:", "port '' is not a number from 1 to 65535"),
+        ("minio:9000/datasets", "host:port only, a path (/datasets) is not part of it"),
+        ("ftp://minio:21", "reached over http or https"),
+        ("minio 9000", "expected host:port"),
+        ("http://ops:hunter2@minio:9000", "credentials do not belong in the endpoint"),
+    ],
+)
+def test_an_s3_endpoint_that_can_never_work_is_a_settings_error_naming_the_field(given: str, says: str) -> None:
+    with pytest.raises(errors.ConfigErrors) as refused:
+        settings.load(environ={"RETRAIN_SOURCES__S3__ENDPOINT": given}, overrides=[])
+    message = str(refused.value)
+    assert "sources.s3.endpoint" in message and says in message and "RETRAIN_SOURCES__S3__ENDPOINT" in message
+    assert "hunter2" not in message
+
+
+def test_an_http_endpoint_with_secure_true_is_refused_not_guessed() -> None:
+    with pytest.raises(errors.ConfigErrors, match="an http URL but sources.s3.secure is true"):
+        settings.load(environ={}, overrides=["sources.s3.endpoint=http://minio:9000", "sources.s3.secure=true"])
+    assert settings.load(environ={}, overrides=["sources.s3.endpoint=http://minio:9000", "sources.s3.secure=false"])
+
+
+def test_retrain_up_with_an_impossible_endpoint_exits_2_naming_the_field(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "retrain"), "up"],
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "RETRAIN_SOURCES__S3__ENDPOINT": "127.0.0.1:99999"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "sources.s3.endpoint" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / ".retrain").exists()  # nothing started, nothing created
