@@ -442,3 +442,19 @@ def test_the_largest_class_drop_is_reported() -> None:
         policy=rules.PromotionSpec(max_class_drop=0.1),
     )
     assert verdict.reason.endswith("class b drops 0.5000 (> max_class_drop 0.1)")
+
+
+def test_label_counting_skips_what_training_would_not_see_and_counts_a_class_by_its_number() -> None:
+    text = (
+        "0 0.5 0.5 0.1 0.1\n"
+        "00 0.5 0.5 0.1 0.1\n"  # class 0 written with a leading zero
+        "007 0.5 0.5 0.1 0.1\n"
+        "1 nan 0.5 0.1 0.1\n"
+        "1 0.5 inf 0.1 0.1\n"
+        "1 0.5 0.5 -inf 0.1\n"
+        "\u00b3 0.5 0.5 0.1 0.1\n"  # a superscript three: str.isdigit says yes, int() says no
+        "\u0663 0.5 0.5 0.1 0.1\n"  # an Arabic-Indic three
+        "2 0.1 0.1 0.5 0.1 nan 0.4\n"  # a polygon with a NaN point
+        "2 0.1 0.1 0.5 0.1 0.3 0.4\n"
+    )
+    assert labels.class_counts(text) == {"0": 2, "7": 1, "2": 1}
