@@ -14,7 +14,7 @@ import yaml
 from daemon import settings
 from pipelines import graph
 from pipelines.arguments import Shape
-from pipelines.steps import searching, training, tuning
+from pipelines.steps import loaders, searching, tuning
 from tests.support import kfp_backend
 from tests.support.paths import ROOT
 
@@ -107,9 +107,9 @@ def test_heavy_tasks_mount_shared_memory_and_workers_fit_what_a_container_has(tm
         assert [m["mountPath"] for m in platform[label]["emptyDirMounts"]] == ["/dev/shm"], label
     shm = tmp_path / "shm"
     shm.mkdir()  # statvfs of this folder: the file system it is on is far larger than 64 MiB
-    assert training.workers_for_shm(3, batch=16, imgsz=640, shm=shm) == 3
-    assert training.workers_for_shm(3, batch=16, imgsz=640, shm=tmp_path / "absent") == 0
-    assert training.workers_for_shm(0, batch=16, imgsz=640, shm=shm) == 0
+    assert loaders.workers_for_shm(3, batch=16, imgsz=640, shm=shm) == 3
+    assert loaders.workers_for_shm(3, batch=16, imgsz=640, shm=tmp_path / "absent") == 0
+    assert loaders.workers_for_shm(0, batch=16, imgsz=640, shm=shm) == 0
 
 
 def test_workers_for_a_64_mib_shm_are_none_at_640_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,10 +117,10 @@ def test_workers_for_a_64_mib_shm_are_none_at_640_pixels(monkeypatch: pytest.Mon
         f_blocks = 64 * 2**20 // 4096
         f_frsize = 4096
 
-    monkeypatch.setattr(training.os, "statvfs", lambda path: Stats())
-    assert training.workers_for_shm(4, batch=16, imgsz=640) == 0  # 39 MiB a worker, 32 MiB budget
-    assert training.workers_for_shm(4, batch=16, imgsz=320) == 3  # 9.8 MiB a worker
-    assert training.workers_for_shm(4, batch=-1, imgsz=640) == 0  # auto batch: counted as 16
+    monkeypatch.setattr(loaders.os, "statvfs", lambda path: Stats())
+    assert loaders.workers_for_shm(4, batch=16, imgsz=640) == 0  # 39 MiB a worker, 32 MiB budget
+    assert loaders.workers_for_shm(4, batch=16, imgsz=320) == 3  # 9.8 MiB a worker
+    assert loaders.workers_for_shm(4, batch=-1, imgsz=640) == 0  # auto batch: counted as 16
 
 
 def test_outputs_are_parsed_as_protojson_and_a_trial_without_metrics_writes_null_with_a_reason() -> None:
